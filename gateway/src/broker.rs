@@ -1,0 +1,295 @@
+//! The gateway's shared state: topics and the partitions it leads, with each partition's
+//! log tail (next offset, high watermark, log start, idempotent-producer state), plus the
+//! [`Committer`] through which flushed objects reach the offset index.
+//!
+//! The high watermark moves only in [`Committer::commit`], after the metadata store accepted
+//! the index entries: a consumer never sees a record that is not durable.
+
+use crate::config::TopicSettings;
+use async_trait::async_trait;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::watch;
+use weir_common::{
+    CommitRefused, IndexEntry, LeaderEpoch, Offset, PartitionCommit, ProducerBatchState, TopicId,
+    TopicPartition,
+};
+use weir_metadata::{MetadataStore, PartitionTail, TopicRecord, PRODUCER_BATCHES_KEPT};
+use weir_storage::IndexSink;
+
+/// How many recent index entries each partition keeps in memory for tail reads.
+const RECENT_ENTRIES: usize = 512;
+
+/// Batches an idempotent producer wrote recently to one partition.
+#[derive(Clone, Debug, Default)]
+pub struct ProducerState {
+    pub epoch: i16,
+    pub batches: VecDeque<ProducerBatchState>,
+}
+
+impl ProducerState {
+    fn record(&mut self, b: ProducerBatchState) {
+        if b.producer_epoch != self.epoch {
+            self.epoch = b.producer_epoch;
+            self.batches.clear();
+        }
+        self.batches.push_back(b);
+        while self.batches.len() > PRODUCER_BATCHES_KEPT {
+            self.batches.pop_front();
+        }
+    }
+}
+
+fn producers_from(batches: &[ProducerBatchState]) -> HashMap<i64, ProducerState> {
+    let mut map: HashMap<i64, ProducerState> = HashMap::new();
+    for b in batches {
+        map.entry(b.producer_id)
+            .or_insert_with(|| ProducerState { epoch: b.producer_epoch, batches: VecDeque::new() })
+            .record(*b);
+    }
+    map
+}
+
+/// The mutable tail of one partition's log.
+#[derive(Debug)]
+pub struct LogState {
+    pub leader_epoch: LeaderEpoch,
+    /// Next offset to assign (includes batches not yet durable).
+    pub next_offset: Offset,
+    /// End of the durable, indexed log: consumers read below it.
+    pub high_watermark: Offset,
+    pub log_start: Offset,
+    /// Producer states including batches in flight.
+    pub producers: HashMap<i64, ProducerState>,
+    /// Producer states of committed batches only (restored after a failed append).
+    pub committed_producers: HashMap<i64, ProducerState>,
+    /// The newest index entries, ascending.
+    pub recent: VecDeque<IndexEntry>,
+    pub deleted: bool,
+    /// Moves on each time a failed append resets the partition to its durable end.
+    pub generation: u64,
+}
+
+/// One partition led by this gateway.
+#[derive(Debug)]
+pub struct PartitionLog {
+    pub tp: TopicPartition,
+    pub state: Mutex<LogState>,
+}
+
+impl PartitionLog {
+    fn from_tail(tp: TopicPartition, tail: &PartitionTail) -> Self {
+        let producers = producers_from(&tail.producers);
+        PartitionLog {
+            tp,
+            state: Mutex::new(LogState {
+                leader_epoch: tail.state.leader_epoch,
+                next_offset: tail.state.next_offset,
+                high_watermark: tail.state.next_offset,
+                log_start: tail.state.log_start_offset,
+                committed_producers: producers.clone(),
+                producers,
+                recent: VecDeque::new(),
+                deleted: false,
+                generation: 0,
+            }),
+        }
+    }
+
+    /// Locks the state (a poisoned lock still holds consistent data: every update is a
+    /// few assignments with no early exit).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a failed append: forget every offset and producer sequence past the durable log.
+    pub fn reset_to_durable(&self, state: &mut LogState) {
+        state.next_offset = state.high_watermark;
+        state.producers = state.committed_producers.clone();
+    }
+}
+
+/// A topic with its partitions.
+#[derive(Debug)]
+pub struct Topic {
+    pub id: TopicId,
+    pub name: String,
+    pub record: RwLock<TopicRecord>,
+    pub settings: RwLock<TopicSettings>,
+    pub partitions: RwLock<Vec<Arc<PartitionLog>>>,
+}
+
+impl Topic {
+    pub fn partition(&self, index: i32) -> Option<Arc<PartitionLog>> {
+        let parts = self.partitions.read().unwrap_or_else(|e| e.into_inner());
+        usize::try_from(index).ok().and_then(|i| parts.get(i).cloned())
+    }
+
+    pub fn partition_count(&self) -> i32 {
+        self.partitions.read().unwrap_or_else(|e| e.into_inner()).len() as i32
+    }
+
+    pub fn settings(&self) -> TopicSettings {
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn record(&self) -> TopicRecord {
+        self.record.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Topics {
+    by_name: HashMap<String, Arc<Topic>>,
+    by_id: HashMap<TopicId, Arc<Topic>>,
+}
+
+/// Every topic this gateway serves, and the signal that the log moved.
+#[derive(Debug)]
+pub struct Registry {
+    topics: RwLock<Topics>,
+    /// Bumped after every commit or truncation; long-polling fetches wait on it.
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry { topics: RwLock::new(Topics::default()), changed: watch::channel(0).0 }
+    }
+}
+
+impl Registry {
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).by_name.get(name).cloned()
+    }
+
+    pub fn topic_by_id(&self, id: TopicId) -> Option<Arc<Topic>> {
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).by_id.get(&id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Topic>> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = topics.by_name.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn partition(&self, tp: TopicPartition) -> Option<Arc<PartitionLog>> {
+        self.topic_by_id(tp.topic_id)?.partition(tp.partition)
+    }
+
+    /// Adds (or replaces) a topic whose partitions this gateway just acquired.
+    pub fn insert(&self, record: TopicRecord, tails: &[PartitionTail]) -> Arc<Topic> {
+        let mut tails: Vec<&PartitionTail> = tails.iter().collect();
+        tails.sort_by_key(|t| t.state.partition);
+        let partitions = tails
+            .iter()
+            .map(|t| {
+                let tp = TopicPartition { topic_id: record.id, partition: t.state.partition };
+                Arc::new(PartitionLog::from_tail(tp, t))
+            })
+            .collect();
+        let topic = Arc::new(Topic {
+            id: record.id,
+            name: record.name.clone(),
+            settings: RwLock::new(TopicSettings::resolve(&record.configs)),
+            record: RwLock::new(record),
+            partitions: RwLock::new(partitions),
+        });
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        topics.by_name.insert(topic.name.clone(), topic.clone());
+        topics.by_id.insert(topic.id, topic.clone());
+        topic
+    }
+
+    /// Appends newly created partitions to a topic.
+    pub fn add_partitions(&self, topic: &Topic, record: TopicRecord, tails: &[PartitionTail]) {
+        let mut parts = topic.partitions.write().unwrap_or_else(|e| e.into_inner());
+        let mut tails: Vec<&PartitionTail> = tails.iter().collect();
+        tails.sort_by_key(|t| t.state.partition);
+        for t in tails {
+            if t.state.partition as usize == parts.len() {
+                let tp = TopicPartition { topic_id: topic.id, partition: t.state.partition };
+                parts.push(Arc::new(PartitionLog::from_tail(tp, t)));
+            }
+        }
+        *topic.record.write().unwrap_or_else(|e| e.into_inner()) = record;
+    }
+
+    pub fn update_configs(&self, topic: &Topic, record: TopicRecord) {
+        *topic.settings.write().unwrap_or_else(|e| e.into_inner()) =
+            TopicSettings::resolve(&record.configs);
+        *topic.record.write().unwrap_or_else(|e| e.into_inner()) = record;
+    }
+
+    /// Removes a topic; its partitions refuse further appends and reads.
+    pub fn remove(&self, name: &str) -> Option<Arc<Topic>> {
+        let topic = {
+            let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+            let topic = topics.by_name.remove(name)?;
+            topics.by_id.remove(&topic.id);
+            topic
+        };
+        for p in topic.partitions.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            p.lock().deleted = true;
+        }
+        self.notify();
+        Some(topic)
+    }
+
+    /// Records a new log start offset (retention, DeleteRecords).
+    pub fn truncated(&self, tp: TopicPartition, log_start: Offset) {
+        if let Some(log) = self.partition(tp) {
+            let mut state = log.lock();
+            state.log_start = state.log_start.max(log_start);
+            let start = state.log_start;
+            while state.recent.front().is_some_and(|e| e.last_offset < start) {
+                state.recent.pop_front();
+            }
+        }
+        self.notify();
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+/// The storage service's [`IndexSink`]: commits to the metadata store, then advances the
+/// high watermarks and wakes waiting fetches.
+#[derive(Debug)]
+pub struct Committer {
+    pub meta: Arc<dyn MetadataStore>,
+    pub registry: Arc<Registry>,
+}
+
+#[async_trait]
+impl IndexSink for Committer {
+    async fn commit(
+        &self,
+        commits: Vec<PartitionCommit>,
+    ) -> Result<Vec<Result<(), CommitRefused>>, String> {
+        let outcomes = self.meta.commit_index(commits.clone()).await.map_err(|e| e.to_string())?;
+        for (commit, outcome) in commits.into_iter().zip(&outcomes) {
+            if outcome.is_err() {
+                continue;
+            }
+            let Some(log) = self.registry.partition(commit.entry.tp) else { continue };
+            let mut state = log.lock();
+            state.high_watermark = state.high_watermark.max(commit.entry.last_offset + 1);
+            for p in &commit.producers {
+                state.committed_producers.entry(p.producer_id).or_default().record(*p);
+            }
+            state.recent.push_back(commit.entry);
+            while state.recent.len() > RECENT_ENTRIES {
+                state.recent.pop_front();
+            }
+        }
+        self.registry.notify();
+        Ok(outcomes)
+    }
+}

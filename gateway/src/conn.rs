@@ -1,0 +1,235 @@
+//! One client connection: framing, the decode pipeline, and in-order responses.
+//!
+//! Frames are `i32 length | request`. A length below the smallest header or above
+//! `max_request_bytes` closes the connection before anything of that size is allocated. A
+//! frame is decoded only if its API key and version are ones Weir advertises and the
+//! [`crate::guard`] walker found every array count within the frame, so hostile counts can
+//! never reach `kafka-protocol`'s `Vec::with_capacity`. Anything malformed closes this one
+//! connection with a log line; the server goes on.
+//!
+//! Ordering: like a Kafka broker, requests of one connection are answered in order. Produce
+//! requests are pipelined (offsets are assigned as each request is read, and the responses
+//! wait for durability in order); every other request runs alone, after what precedes it.
+
+use crate::handlers;
+use crate::Gateway;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Requests read ahead of their responses on one connection.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// A response on its way: resolves to the encoded frame (None: nothing to send, acks=0).
+struct InFlight {
+    response: BoxFuture<'static, Option<Bytes>>,
+    written: Option<oneshot::Sender<()>>,
+}
+
+/// Why a connection was closed.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseReason {
+    #[error("frame length {0} is invalid")]
+    BadLength(i64),
+    #[error("frame length {len} exceeds the maximum request size {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("unknown api key {0}")]
+    UnknownApi(i16),
+    #[error("unsupported version {version} of {key:?}")]
+    UnsupportedVersion { key: ApiKey, version: i16 },
+    #[error("malformed request header: {0}")]
+    BadHeader(String),
+    #[error("request rejected by guard: {0}")]
+    Guard(#[from] crate::guard::GuardError),
+    #[error("malformed {key:?} v{version} request: {reason}")]
+    BadRequest { key: ApiKey, version: i16, reason: String },
+}
+
+/// Serves one connection until the client leaves, a frame is malformed, or shutdown.
+pub async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+) {
+    let (read_half, write_half) = socket.into_split();
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let (tx, mut rx) = mpsc::channel::<InFlight>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        let mut out = BufWriter::with_capacity(64 * 1024, write_half);
+        while let Some(item) = rx.recv().await {
+            if let Some(frame) = item.response.await {
+                if out.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+            // Flush when no further response is ready, so pipelined ones share a syscall.
+            if rx.is_empty() && out.flush().await.is_err() {
+                return;
+            }
+            if let Some(done) = item.written {
+                let _ = done.send(());
+            }
+        }
+        let _ = out.flush().await;
+    });
+    tracing::debug!(conn = id, %peer, "connection opened");
+    let max = gateway.config.max_request_bytes;
+    loop {
+        let frame = tokio::select! {
+            f = read_frame(&mut reader, max) => f,
+            _ = shutdown.cancelled() => break,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(FrameError::Io(e)) => {
+                tracing::debug!(conn = id, %peer, error = %e, "connection read ended");
+                break;
+            }
+            Err(FrameError::Close(reason)) => {
+                tracing::warn!(conn = id, %peer, %reason, "closing connection");
+                break;
+            }
+        };
+        match dispatch(&gateway, frame).await {
+            Ok((response, barrier)) => {
+                let (written, wait) = if barrier {
+                    let (done, wait) = oneshot::channel();
+                    (Some(done), Some(wait))
+                } else {
+                    (None, None)
+                };
+                if tx.send(InFlight { response, written }).await.is_err() {
+                    break;
+                }
+                if let Some(wait) = wait {
+                    // Not pipelined: the next request is read once this one is answered.
+                    tokio::select! {
+                        r = wait => if r.is_err() { break },
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(conn = id, %peer, %reason, "closing connection");
+                break;
+            }
+        }
+    }
+    // Let the responses already under way reach the client, then close.
+    drop(tx);
+    let _ = writer.await;
+    tracing::debug!(conn = id, %peer, "connection closed");
+}
+
+enum FrameError {
+    Io(std::io::Error),
+    Close(CloseReason),
+}
+
+/// The smallest request: api key, api version, correlation id.
+const MIN_FRAME: usize = 8;
+
+async fn read_frame<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<Bytes>, FrameError> {
+    let len = match reader.read_i32().await {
+        Ok(len) => len,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(FrameError::Io(e)),
+    };
+    if len < MIN_FRAME as i32 {
+        return Err(FrameError::Close(CloseReason::BadLength(i64::from(len))));
+    }
+    let len = len as usize;
+    if len > max {
+        return Err(FrameError::Close(CloseReason::TooLarge { len, max }));
+    }
+    let mut buf = BytesMut::zeroed(len);
+    reader.read_exact(&mut buf).await.map_err(FrameError::Io)?;
+    Ok(Some(buf.freeze()))
+}
+
+/// Decodes one frame and starts its handler. Returns the response future and whether the
+/// request is a barrier (runs alone).
+async fn dispatch(
+    gateway: &Arc<Gateway>,
+    frame: Bytes,
+) -> Result<(BoxFuture<'static, Option<Bytes>>, bool), CloseReason> {
+    let mut peek = &frame[..];
+    let key = peek.get_i16();
+    let version = peek.get_i16();
+    let correlation_id = peek.get_i32();
+    let api_key = ApiKey::try_from(key).map_err(|_| CloseReason::UnknownApi(key))?;
+    if api_key == ApiKey::ApiVersions && !handlers::is_supported(api_key, version) {
+        // KIP-511: answer in the v0 layout with UNSUPPORTED_VERSION so the client retries lower.
+        let body = handlers::api_versions::unsupported_version_response();
+        let encoded = encode_response(api_key, 0, correlation_id, &body)
+            .map_err(|e| CloseReason::BadRequest { key: api_key, version, reason: e })?;
+        return Ok((Box::pin(async move { Some(encoded) }), true));
+    }
+    if !handlers::is_supported(api_key, version) {
+        return Err(CloseReason::UnsupportedVersion { key: api_key, version });
+    }
+    let mut body = frame;
+    let header = decode_request_header_from_buffer(&mut body)
+        .map_err(|e| CloseReason::BadHeader(e.to_string()))?;
+    crate::guard::check_request_body(key, version, &body)?;
+    let request = RequestKind::decode(api_key, &mut body, version).map_err(|e| CloseReason::BadRequest {
+        key: api_key,
+        version,
+        reason: e.to_string(),
+    })?;
+    let client_id = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
+    let ctx = handlers::RequestContext { api_key, version, correlation_id, client_id };
+    let (pending, barrier) = handlers::handle(gateway, &ctx, request).await;
+    let response = Box::pin(async move {
+        let body = pending.await?;
+        match encode_response(ctx.api_key, ctx.version, ctx.correlation_id, &body) {
+            Ok(frame) => Some(frame),
+            Err(e) => {
+                tracing::error!(api = ?ctx.api_key, version = ctx.version, error = %e, "response encoding failed");
+                None
+            }
+        }
+    });
+    Ok((response, barrier))
+}
+
+/// Encodes `i32 length | response header | body`.
+pub fn encode_response(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+) -> Result<Bytes, String> {
+    let header_version = response_header_version(api_key, version);
+    let mut buf = BytesMut::with_capacity(128);
+    buf.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut buf, header_version)
+        .map_err(|e| e.to_string())?;
+    body.encode(&mut buf, version).map_err(|e| e.to_string())?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+fn response_header_version(api_key: ApiKey, version: i16) -> i16 {
+    if api_key == ApiKey::ApiVersions {
+        // ApiVersions responses always use header v0 so any client can read them.
+        return 0;
+    }
+    api_key.response_header_version(version)
+}

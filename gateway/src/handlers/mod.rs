@@ -1,0 +1,146 @@
+//! One handler per Kafka API, and the table of what Weir advertises.
+//!
+//! [`SUPPORTED`] is the single source of truth: ApiVersions advertises exactly it, the
+//! connection decodes nothing else, and the guard covers every entry.
+
+pub mod admin;
+pub mod api_versions;
+pub mod configs;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use crate::Gateway;
+use futures::future::BoxFuture;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use std::sync::Arc;
+
+/// The APIs and versions Weir implements.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 9),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// Whether `version` of `key` is implemented.
+pub fn is_supported(key: ApiKey, version: i16) -> bool {
+    SUPPORTED.iter().any(|&(k, min, max)| k == key && (min..=max).contains(&version))
+}
+
+/// What a handler knows about the request it serves.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub client_id: String,
+}
+
+/// A response under way (None: send nothing).
+pub type Pending = BoxFuture<'static, Option<ResponseKind>>;
+
+fn ready(response: ResponseKind) -> (Pending, bool) {
+    (Box::pin(async move { Some(response) }), true)
+}
+
+/// Starts handling a decoded request. Produce is begun right away (offsets assigned in
+/// arrival order) and returned as pipelined; everything else is a lazy barrier future.
+pub async fn handle(gateway: &Arc<Gateway>, ctx: &RequestContext, request: RequestKind) -> (Pending, bool) {
+    let gw = gateway.clone();
+    let v = ctx.version;
+    match request {
+        RequestKind::Produce(req) => (produce::begin(gateway, v, req).await, false),
+        RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(api_versions::response(v))),
+        RequestKind::Fetch(req) => (
+            Box::pin(async move { Some(ResponseKind::Fetch(fetch::handle(&gw, v, req).await)) }),
+            true,
+        ),
+        RequestKind::ListOffsets(req) => (
+            Box::pin(async move { Some(ResponseKind::ListOffsets(list_offsets::handle(&gw, v, req).await)) }),
+            true,
+        ),
+        RequestKind::Metadata(req) => (
+            Box::pin(async move { Some(ResponseKind::Metadata(metadata::handle(&gw, v, req).await)) }),
+            true,
+        ),
+        RequestKind::CreateTopics(req) => (
+            Box::pin(async move { Some(ResponseKind::CreateTopics(admin::create_topics(&gw, v, req).await)) }),
+            true,
+        ),
+        RequestKind::DeleteTopics(req) => (
+            Box::pin(async move { Some(ResponseKind::DeleteTopics(admin::delete_topics(&gw, v, req).await)) }),
+            true,
+        ),
+        RequestKind::CreatePartitions(req) => (
+            Box::pin(async move {
+                Some(ResponseKind::CreatePartitions(admin::create_partitions(&gw, v, req).await))
+            }),
+            true,
+        ),
+        RequestKind::DeleteRecords(req) => (
+            Box::pin(async move { Some(ResponseKind::DeleteRecords(admin::delete_records(&gw, v, req).await)) }),
+            true,
+        ),
+        RequestKind::InitProducerId(req) => (
+            Box::pin(async move {
+                Some(ResponseKind::InitProducerId(admin::init_producer_id(&gw, v, req).await))
+            }),
+            true,
+        ),
+        RequestKind::DescribeCluster(req) => {
+            ready(ResponseKind::DescribeCluster(admin::describe_cluster(gateway, v, req)))
+        }
+        RequestKind::DescribeConfigs(req) => ready(ResponseKind::DescribeConfigs(configs::describe(gateway, v, req))),
+        RequestKind::AlterConfigs(req) => (
+            Box::pin(async move { Some(ResponseKind::AlterConfigs(configs::alter(&gw, v, req).await)) }),
+            true,
+        ),
+        RequestKind::IncrementalAlterConfigs(req) => (
+            Box::pin(async move {
+                Some(ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(&gw, v, req).await))
+            }),
+            true,
+        ),
+        other => {
+            // Unreachable: the connection decodes only SUPPORTED keys. Answer nothing rather
+            // than guess a layout.
+            tracing::warn!(api = ?ctx.api_key, "no handler for a supported api: {:?}", std::mem::discriminant(&other));
+            (Box::pin(async { None }), true)
+        }
+    }
+}
+
+/// A Kafka error code.
+pub fn code(e: ResponseError) -> i16 {
+    e.code()
+}
+
+/// An optional error message as Kafka encodes it.
+pub fn message(s: impl Into<String>) -> Option<StrBytes> {
+    Some(StrBytes::from_string(s.into()))
+}
+
+/// Maps a metadata error to the Kafka error code a client expects.
+pub fn metadata_error_code(e: &weir_metadata::MetadataError) -> i16 {
+    use weir_metadata::MetadataError as M;
+    match e {
+        M::TopicExists(_) => code(ResponseError::TopicAlreadyExists),
+        M::UnknownTopic(_) | M::UnknownPartition(_) => code(ResponseError::UnknownTopicOrPartition),
+        M::Invalid(_) => code(ResponseError::InvalidRequest),
+        M::Backend(_) | M::Corrupt(_) => code(ResponseError::KafkaStorageError),
+    }
+}

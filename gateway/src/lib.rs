@@ -1,0 +1,210 @@
+//! The gateway: Weir's Kafka front end.
+//!
+//! It owns the Kafka listener and everything Kafka-shaped: framing ([`conn`]), the request
+//! guard that keeps hostile frames from reaching the decoder ([`guard`]), the handlers
+//! ([`handlers`]) for each API, record batch validation and offset assignment ([`batch`]),
+//! topic configs ([`config`]) and the tail state of the partitions it leads ([`broker`]).
+//! Every Kafka message is decoded and encoded with the `kafka-protocol` crate; Kafka types
+//! never leave this crate: storage and metadata are reached through their traits with
+//! Weir's own types.
+//!
+//! The gateway holds no durable state: an append is acknowledged only after the storage
+//! service wrote the object and the metadata service committed its index entries.
+
+pub mod batch;
+pub mod broker;
+pub mod config;
+pub mod conn;
+pub mod guard;
+pub mod handlers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use weir_metadata::{MetadataStore, RetentionLimits};
+use weir_storage::Storage;
+
+pub use broker::{Committer, Registry};
+
+/// Errors of the gateway's own set-up (request errors become Kafka error codes instead).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("metadata: {0}")]
+    Metadata(#[from] weir_metadata::MetadataError),
+    #[error("storage: {0}")]
+    Storage(#[from] weir_storage::StorageError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// This gateway's broker id in Metadata responses.
+    pub node_id: i32,
+    /// Host and port clients are told to connect to.
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    /// Create unknown topics on Metadata/Produce requests that allow it.
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics and of CreateTopics with -1.
+    pub default_partitions: i32,
+    /// Largest request frame accepted; larger ones close the connection before any allocation.
+    pub max_request_bytes: usize,
+    /// How often retention is applied.
+    pub retention_check_interval: Duration,
+    /// Fetch sessions kept (least recently used evicted beyond).
+    pub max_fetch_sessions: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            node_id: 0,
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            auto_create_topics: false,
+            default_partitions: 1,
+            max_request_bytes: 100 << 20,
+            retention_check_interval: Duration::from_secs(30),
+            max_fetch_sessions: 1000,
+        }
+    }
+}
+
+/// Everything a connection needs, shared by all connections.
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub meta: Arc<dyn MetadataStore>,
+    pub storage: Arc<dyn Storage>,
+    pub registry: Arc<Registry>,
+    pub cluster_id: String,
+    pub sessions: handlers::fetch::FetchSessions,
+    /// Serializes topic mutations (create, delete, partitions, configs).
+    pub admin: tokio::sync::Mutex<()>,
+}
+
+impl Gateway {
+    /// Loads every topic from the metadata store and takes leadership of its partitions.
+    /// Objects nothing refers to (left by a crash between an object write and its index
+    /// commit) are deleted.
+    pub async fn start(
+        config: GatewayConfig,
+        meta: Arc<dyn MetadataStore>,
+        storage: Arc<dyn Storage>,
+        registry: Arc<Registry>,
+    ) -> Result<Arc<Self>, GatewayError> {
+        let cluster_id = meta.cluster_id().await?;
+        for record in meta.list_topics().await? {
+            let tails = meta.acquire_partitions(record.id, 0).await?;
+            registry.insert(record, &tails);
+        }
+        let live: std::collections::HashSet<String> = meta.live_objects().await?.into_iter().collect();
+        let orphans: Vec<String> =
+            storage.list_objects().await?.into_iter().filter(|o| !live.contains(o)).collect();
+        if !orphans.is_empty() {
+            tracing::info!(count = orphans.len(), "deleting objects no index entry refers to");
+            storage.delete_objects(orphans).await;
+        }
+        Ok(Arc::new(Gateway {
+            sessions: handlers::fetch::FetchSessions::new(config.max_fetch_sessions),
+            config,
+            meta,
+            storage,
+            registry,
+            cluster_id,
+            admin: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Applies retention to every partition once.
+    pub async fn apply_retention(&self) {
+        let now = weir_common::now_ms();
+        for topic in self.registry.all() {
+            let settings = topic.settings();
+            if !settings.delete_policy {
+                continue;
+            }
+            let limits = RetentionLimits {
+                min_timestamp: (settings.retention_ms >= 0)
+                    .then(|| now.saturating_sub(settings.retention_ms)),
+                max_bytes: u64::try_from(settings.retention_bytes).ok(),
+            };
+            if limits.min_timestamp.is_none() && limits.max_bytes.is_none() {
+                continue;
+            }
+            for p in 0..topic.partition_count() {
+                let tp = weir_common::TopicPartition { topic_id: topic.id, partition: p };
+                match self.meta.apply_retention(tp, limits).await {
+                    Ok(t) if t.removed_entries > 0 => {
+                        tracing::debug!(topic = %topic.name, partition = p,
+                            log_start = t.log_start_offset, removed = t.removed_entries, "retention applied");
+                        self.registry.truncated(tp, t.log_start_offset);
+                        self.storage.delete_objects(t.dead_objects).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(topic = %topic.name, partition = p, error = %e, "retention failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Serves Kafka clients on `listener` until `shutdown` is cancelled, then stops accepting,
+/// lets in-flight requests finish (bounded), and returns. The caller bound the socket.
+pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    let mut connections = JoinSet::new();
+    let retention = {
+        let gateway = gateway.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(gateway.config.retention_check_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => gateway.apply_retention().await,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
+    let mut next_id: u64 = 0;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    next_id += 1;
+                    let _ = socket.set_nodelay(true);
+                    connections.spawn(conn::serve(socket, peer, next_id, gateway.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        tracing::warn!("connections still open after 10 s; closing them");
+        connections.abort_all();
+    }
+    let _ = retention.await;
+}
+
+/// The address clients should use, for logs and the ready line.
+pub fn bootstrap(config: &GatewayConfig) -> String {
+    format!("{}:{}", config.advertised_host, config.advertised_port)
+}
+
+/// Helper for callers that bind: the local address as the advertised one.
+pub fn advertise_from(addr: SocketAddr) -> (String, i32) {
+    (addr.ip().to_string(), i32::from(addr.port()))
+}

@@ -1,0 +1,220 @@
+//! The metadata service: the only way anything in Weir reads or writes metadata.
+//!
+//! It owns the [`MetadataStore`] trait and its backends. This backend is
+//! [`EmbeddedStore`], a transactional `redb` database in one file, for the single-machine
+//! default (`embedded://<path>`). It stores:
+//!
+//! - topics (name, topic id, partition count, configs),
+//! - partitions (next offset, log start offset, leader epoch),
+//! - the offset index: which object and byte range hold which offsets of a partition,
+//! - object reference counts, so an object is deleted once no index entry points at it,
+//! - idempotent-producer state per partition and the producer id counter,
+//! - the cluster id.
+//!
+//! Every write that guards the log is conditional: [`MetadataStore::commit_index`] refuses a
+//! partition's entry unless the leader epoch and next offset still match, so a stale writer
+//! can never fork the log. It must never hold Kafka wire types; it speaks `weir-common` types.
+
+mod store;
+
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use weir_common::{
+    CommitRefused, ErrorKind, IndexEntry, LeaderEpoch, Offset, PartitionCommit, PartitionIndex,
+    ProducerBatchState, TopicId, TopicPartition,
+};
+
+pub use store::embedded::EmbeddedStore;
+
+/// Errors of the metadata service.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    #[error("unknown topic '{0}'")]
+    UnknownTopic(String),
+    #[error("unknown partition {0}")]
+    UnknownPartition(TopicPartition),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("metadata backend error: {0}")]
+    Backend(String),
+    #[error("corrupt metadata: {0}")]
+    Corrupt(String),
+}
+
+impl MetadataError {
+    /// What the caller should do about this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MetadataError::TopicExists(_) => ErrorKind::AlreadyExists,
+            MetadataError::UnknownTopic(_) | MetadataError::UnknownPartition(_) => {
+                ErrorKind::NotFound
+            }
+            MetadataError::Invalid(_) => ErrorKind::InvalidInput,
+            MetadataError::Backend(_) => ErrorKind::Unavailable,
+            MetadataError::Corrupt(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = MetadataError> = std::result::Result<T, E>;
+
+/// A topic as stored.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    pub id: TopicId,
+    pub partitions: i32,
+    /// Configs explicitly set on the topic (defaults are not stored).
+    pub configs: BTreeMap<String, String>,
+    pub created_ms: i64,
+}
+
+/// The durable state of one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionState {
+    pub partition: PartitionIndex,
+    /// The offset the next committed batch must start at (the log end, the high watermark).
+    pub next_offset: Offset,
+    /// The first offset still readable.
+    pub log_start_offset: Offset,
+    pub leader_epoch: LeaderEpoch,
+    /// Bytes of record batches between the log start and the log end.
+    #[serde(default)]
+    pub log_bytes: u64,
+}
+
+impl PartitionState {
+    /// The state of a new, empty partition.
+    pub fn empty(partition: PartitionIndex) -> Self {
+        PartitionState {
+            partition,
+            next_offset: 0,
+            log_start_offset: 0,
+            leader_epoch: 0,
+            log_bytes: 0,
+        }
+    }
+}
+
+/// A partition's state plus what a new leader needs to take over its tail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionTail {
+    pub state: PartitionState,
+    /// Recent idempotent-producer batches, oldest first, at most a few per producer.
+    pub producers: Vec<ProducerBatchState>,
+}
+
+/// What a retention or delete-records pass removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Truncation {
+    /// The log start offset after the pass.
+    pub log_start_offset: Offset,
+    /// Index entries removed.
+    pub removed_entries: usize,
+    /// Objects no index entry refers to any more: the caller deletes them.
+    pub dead_objects: Vec<String>,
+}
+
+/// The outcome of one partition's commit in [`MetadataStore::commit_index`].
+pub type CommitOutcome = std::result::Result<(), CommitRefused>;
+
+/// How many batches per producer and partition are remembered for duplicate detection
+/// (Kafka remembers the last five, matching `max.in.flight.requests.per.connection`).
+pub const PRODUCER_BATCHES_KEPT: usize = 5;
+
+/// Retention limits of one partition, as a retention pass applies them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionLimits {
+    /// Entries whose newest record is older than this (ms since the epoch) are removed; None: no limit.
+    pub min_timestamp: Option<i64>,
+    /// Oldest entries are removed while the partition holds more than this many bytes; None: no limit.
+    pub max_bytes: Option<u64>,
+}
+
+/// Everything Weir keeps about topics, partitions and the log. Backends: embedded (`redb`),
+/// later DynamoDB. Every method is one atomic transaction.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + std::fmt::Debug {
+    /// The cluster id, created on first use.
+    async fn cluster_id(&self) -> Result<String>;
+
+    /// Creates a topic with `partitions` empty partitions.
+    async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicRecord>;
+
+    /// Deletes a topic, its partitions, index entries and producer states. Returns the
+    /// removed topic and the objects no longer referenced.
+    async fn delete_topic(&self, name: &str) -> Result<(TopicRecord, Vec<String>)>;
+
+    async fn get_topic(&self, name: &str) -> Result<Option<TopicRecord>>;
+
+    async fn list_topics(&self) -> Result<Vec<TopicRecord>>;
+
+    /// Grows a topic to `total` partitions.
+    async fn create_partitions(&self, name: &str, total: i32) -> Result<TopicRecord>;
+
+    /// Replaces a topic's explicitly set configs.
+    async fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicRecord>;
+
+    /// Takes leadership of the partitions of a topic numbered `from` and up: bumps each
+    /// leader epoch and returns the tail state the new leader starts from.
+    async fn acquire_partitions(
+        &self,
+        topic: TopicId,
+        from: PartitionIndex,
+    ) -> Result<Vec<PartitionTail>>;
+
+    /// Commits the index entries of one flushed object, one transaction for all partitions.
+    /// Each partition's commit is checked separately; refused ones are skipped, the rest
+    /// commit. Returns one outcome per commit, in order.
+    async fn commit_index(&self, commits: Vec<PartitionCommit>) -> Result<Vec<CommitOutcome>>;
+
+    /// Index entries of a partition whose last offset is >= `offset`, ascending, at most `limit`.
+    async fn index_from(
+        &self,
+        tp: TopicPartition,
+        offset: Offset,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>>;
+
+    /// The first index entry of a partition whose max timestamp is >= `timestamp`.
+    async fn index_for_timestamp(
+        &self,
+        tp: TopicPartition,
+        timestamp: i64,
+    ) -> Result<Option<IndexEntry>>;
+
+    /// The index entry with the largest max timestamp (the earliest such entry on ties).
+    async fn index_max_timestamp(&self, tp: TopicPartition) -> Result<Option<IndexEntry>>;
+
+    /// Moves the log start offset forward to `offset` (DeleteRecords) and drops index
+    /// entries wholly below it. `offset` must not exceed the next offset.
+    async fn delete_records(&self, tp: TopicPartition, offset: Offset) -> Result<Truncation>;
+
+    /// Applies retention to a partition: drops whole index entries from the start while they
+    /// are older than the time limit or the partition is over the byte limit.
+    async fn apply_retention(
+        &self,
+        tp: TopicPartition,
+        limits: RetentionLimits,
+    ) -> Result<Truncation>;
+
+    /// Allocates a new producer id.
+    async fn allocate_producer_id(&self) -> Result<i64>;
+
+    /// Every object some index entry refers to.
+    async fn live_objects(&self) -> Result<Vec<String>>;
+}
+
+#[cfg(test)]
+mod tests;

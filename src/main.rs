@@ -1,0 +1,345 @@
+//! `weir`: the command line. Parses settings, builds the components, runs them.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use weir_gateway::{Committer, Gateway, GatewayConfig, Registry};
+use weir_metadata::{EmbeddedStore, MetadataStore};
+use weir_storage::{ObjectStorage, Storage, StorageConfig};
+
+/// Weir: a serverless, autoscaling, Kafka-compatible streaming service.
+///
+/// Every setting can be given as a flag, as an environment variable (named in each flag's
+/// help), or in a TOML file passed with --config (keys are the flag names with underscores,
+/// e.g. `flush_interval_ms = 5`). Flags and environment variables win over the file.
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run everything in one process: a Kafka gateway, the storage service and the metadata
+    /// service. With no flags: listens on 127.0.0.1:9092, keeps data under ./weir-data.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Default)]
+struct ServeArgs {
+    /// TOML file with settings (same names as the flags, with underscores).
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka listener address [default: 127.0.0.1:9092].
+    #[arg(long, env = "WEIR_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// host:port clients are told to connect to [default: the listen address].
+    #[arg(long, env = "WEIR_ADVERTISE")]
+    advertise: Option<String>,
+    /// Directory for data and metadata [default: ./weir-data].
+    #[arg(long, env = "WEIR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Object store URL: file:///path or memory:// [default: file://<data-dir>/objects].
+    #[arg(long, env = "WEIR_OBJECT_STORE")]
+    object_store: Option<String>,
+    /// Metadata store URL: embedded://path [default: embedded://<data-dir>/metadata].
+    #[arg(long, env = "WEIR_METADATA")]
+    metadata: Option<String>,
+    /// Flush an object once this many bytes are buffered [default: 4194304].
+    #[arg(long, env = "WEIR_FLUSH_BYTES")]
+    flush_bytes: Option<usize>,
+    /// Flush an object at most this many ms after its first batch arrived [default: 2].
+    #[arg(long, env = "WEIR_FLUSH_INTERVAL_MS")]
+    flush_interval_ms: Option<u64>,
+    /// Bytes buffered or flushing before producers are slowed down [default: 67108864].
+    #[arg(long, env = "WEIR_MAX_BUFFERED_BYTES")]
+    max_buffered_bytes: Option<usize>,
+    /// Bytes of recently written or read objects kept in memory [default: 67108864].
+    #[arg(long, env = "WEIR_CACHE_BYTES")]
+    cache_bytes: Option<u64>,
+    /// Create unknown topics when a client asks for them (off by default).
+    #[arg(long, env = "WEIR_AUTO_CREATE_TOPICS", num_args = 0..=1, default_missing_value = "true")]
+    auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics and of CreateTopics with -1 [default: 1].
+    #[arg(long, env = "WEIR_DEFAULT_PARTITIONS")]
+    default_partitions: Option<i32>,
+    /// Largest request accepted, in bytes [default: 104857600].
+    #[arg(long, env = "WEIR_MAX_REQUEST_BYTES")]
+    max_request_bytes: Option<usize>,
+    /// How often retention (retention.ms, retention.bytes) is applied, in ms [default: 30000].
+    #[arg(long, env = "WEIR_RETENTION_CHECK_INTERVAL_MS")]
+    retention_check_interval_ms: Option<u64>,
+    /// Log format: text or json [default: text]. Levels come from RUST_LOG (default info).
+    #[arg(long, env = "WEIR_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Settings as the TOML file holds them; every key optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    object_store: Option<String>,
+    metadata: Option<String>,
+    flush_bytes: Option<usize>,
+    flush_interval_ms: Option<u64>,
+    max_buffered_bytes: Option<usize>,
+    cache_bytes: Option<u64>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<i32>,
+    max_request_bytes: Option<usize>,
+    retention_check_interval_ms: Option<u64>,
+    log_format: Option<LogFormat>,
+}
+
+/// Resolved settings of `weir serve`.
+#[derive(Debug)]
+struct ServeSettings {
+    listen: SocketAddr,
+    advertise: Option<String>,
+    data_dir: PathBuf,
+    object_store: String,
+    metadata: String,
+    storage: StorageConfig,
+    auto_create_topics: bool,
+    default_partitions: i32,
+    max_request_bytes: usize,
+    retention_check_interval: Duration,
+    log_format: LogFormat,
+}
+
+impl ServeArgs {
+    fn resolve(self) -> Result<ServeSettings> {
+        let file: FileSettings = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileSettings::default(),
+        };
+        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("weir-data"));
+        let defaults = StorageConfig::default();
+        let storage = StorageConfig {
+            flush_bytes: self.flush_bytes.or(file.flush_bytes).unwrap_or(defaults.flush_bytes).max(1),
+            flush_interval: Duration::from_millis(
+                self.flush_interval_ms
+                    .or(file.flush_interval_ms)
+                    .unwrap_or(defaults.flush_interval.as_millis() as u64),
+            ),
+            max_buffered_bytes: self
+                .max_buffered_bytes
+                .or(file.max_buffered_bytes)
+                .unwrap_or(defaults.max_buffered_bytes),
+            cache_bytes: self.cache_bytes.or(file.cache_bytes).unwrap_or(defaults.cache_bytes),
+            ..defaults
+        };
+        let max_request_bytes = self.max_request_bytes.or(file.max_request_bytes).unwrap_or(100 << 20);
+        if storage.max_buffered_bytes < max_request_bytes.min(16 << 20) {
+            bail!("max-buffered-bytes must be at least 16 MiB (or the max request size if smaller)");
+        }
+        let default_partitions = self.default_partitions.or(file.default_partitions).unwrap_or(1);
+        if default_partitions < 1 {
+            bail!("default-partitions must be at least 1");
+        }
+        Ok(ServeSettings {
+            listen: self.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092))),
+            advertise: self.advertise.or(file.advertise),
+            object_store: self
+                .object_store
+                .or(file.object_store)
+                .unwrap_or_else(|| format!("file://{}", absolute(&data_dir.join("objects")).display())),
+            metadata: self
+                .metadata
+                .or(file.metadata)
+                .unwrap_or_else(|| format!("embedded://{}", data_dir.join("metadata").display())),
+            data_dir,
+            storage,
+            auto_create_topics: self.auto_create_topics.or(file.auto_create_topics).unwrap_or(false),
+            default_partitions,
+            max_request_bytes,
+            retention_check_interval: Duration::from_millis(
+                self.retention_check_interval_ms.or(file.retention_check_interval_ms).unwrap_or(30_000).max(10),
+            ),
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn open_metadata(url: &str) -> Result<Arc<dyn MetadataStore>> {
+    if let Some(path) = url.strip_prefix("embedded://") {
+        let store = EmbeddedStore::open(Path::new(path)).with_context(|| {
+            format!("opening the embedded metadata store at {path} (is another weir using this data dir?)")
+        })?;
+        return Ok(Arc::new(store));
+    }
+    bail!("unsupported metadata URL '{url}': use embedded://path")
+}
+
+/// Splits `host:port` (IPv6 hosts in brackets).
+fn parse_host_port(s: &str) -> Result<(String, i32)> {
+    let (host, port) = s.rsplit_once(':').with_context(|| format!("'{s}' is not host:port"))?;
+    let port: u16 = port.parse().with_context(|| format!("bad port in '{s}'"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("empty host in '{s}'");
+    }
+    Ok((host.to_string(), i32::from(port)))
+}
+
+async fn serve(settings: ServeSettings) -> Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    let meta = open_metadata(&settings.metadata)?;
+    let target = weir_storage::open_object_store(&settings.object_store)
+        .with_context(|| format!("opening object store {}", settings.object_store))?;
+    let registry = Arc::new(Registry::default());
+    let committer = Arc::new(Committer { meta: meta.clone(), registry: registry.clone() });
+    let storage = Arc::new(ObjectStorage::start(target, settings.storage.clone(), committer));
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding the Kafka listener on {}", settings.listen))?;
+    let local = listener.local_addr()?;
+    let (host, port) = match &settings.advertise {
+        Some(a) => parse_host_port(a)?,
+        None => weir_gateway::advertise_from(local),
+    };
+    let config = GatewayConfig {
+        advertised_host: host,
+        advertised_port: port,
+        auto_create_topics: settings.auto_create_topics,
+        default_partitions: settings.default_partitions,
+        max_request_bytes: settings.max_request_bytes,
+        retention_check_interval: settings.retention_check_interval,
+        ..GatewayConfig::default()
+    };
+    let storage_dyn: Arc<dyn Storage> = storage.clone();
+    let gateway = Gateway::start(config, meta, storage_dyn, registry).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    let bootstrap = weir_gateway::bootstrap(&gateway.config);
+    tracing::info!(listen = %local, %bootstrap, data_dir = %settings.data_dir.display(),
+        object_store = %settings.object_store, metadata = %settings.metadata, "weir is ready");
+    println!("weir is ready: bootstrap.servers={bootstrap}");
+    weir_gateway::run(listener, gateway, shutdown).await;
+    tracing::info!("flushing and stopping");
+    storage.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn signal_shutdown(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested");
+    token.cancel();
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = args.resolve()?;
+            init_logging(settings.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(settings))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_readme() -> Result<()> {
+        let s = ServeArgs::default().resolve()?;
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(s.data_dir, PathBuf::from("weir-data"));
+        assert!(s.object_store.starts_with("file://") && s.object_store.ends_with("weir-data/objects"));
+        assert_eq!(s.metadata, "embedded://weir-data/metadata");
+        assert!(!s.auto_create_topics);
+        Ok(())
+    }
+
+    #[test]
+    fn flags_win_over_the_file() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, "flush_interval_ms = 50\ndefault_partitions = 3\nauto_create_topics = true\n")?;
+        let args = ServeArgs { config: Some(path), default_partitions: Some(6), ..Default::default() };
+        let s = args.resolve()?;
+        assert_eq!(s.storage.flush_interval, Duration::from_millis(50));
+        assert_eq!(s.default_partitions, 6);
+        assert!(s.auto_create_topics);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, "flush_intervall_ms = 50\n")?;
+        assert!(ServeArgs { config: Some(path), ..Default::default() }.resolve().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn host_port_parsing() -> Result<()> {
+        assert_eq!(parse_host_port("kafka.example.com:9098")?, ("kafka.example.com".to_string(), 9098));
+        assert_eq!(parse_host_port("[::1]:9092")?, ("::1".to_string(), 9092));
+        assert!(parse_host_port("nohost").is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,594 @@
+//! The storage service: turns record batches from gateways into durable objects and serves
+//! byte ranges of them back.
+//!
+//! It owns the object layout ([`object`]), the write buffer and flush policy, and the read
+//! cache. It packs the batches of many partitions into one object per flush (so object
+//! writes depend on bytes and time, not on the number of partitions), writes the object
+//! (fsynced on local disk), then hands the object's per-partition ranges to an [`IndexSink`]
+//! (the metadata service's offset index) and only then completes the appends. It never
+//! decodes records, never assigns offsets and never talks to the metadata store directly.
+//!
+//! Main types: [`Storage`] (the API the gateway uses, in-process now, QUIC later),
+//! [`ObjectStorage`] (the implementation over any `object_store` backend), [`StorageConfig`].
+
+pub mod object;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use weir_common::{
+    CommitRefused, ErrorKind, IndexEntry, LeaderEpoch, Offset, PartitionCommit,
+    ProducerBatchState, TopicPartition,
+};
+
+use object::FooterEntry;
+
+/// Errors of the storage service.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    #[error("object store unavailable: {0}")]
+    Unavailable(String),
+    #[error("index commit refused: {0}")]
+    Refused(#[from] CommitRefused),
+    #[error("append discarded: an earlier append of this partition failed; retry")]
+    Discarded,
+    #[error("object '{0}' not found")]
+    NotFound(String),
+    #[error("corrupt object: {0}")]
+    Corrupt(String),
+    #[error("storage is shutting down")]
+    ShuttingDown,
+}
+
+impl StorageError {
+    /// What the caller should do about this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StorageError::Unavailable(_) | StorageError::Discarded | StorageError::ShuttingDown => {
+                ErrorKind::Retriable
+            }
+            StorageError::Refused(CommitRefused::UnknownPartition) => ErrorKind::NotFound,
+            StorageError::Refused(_) => ErrorKind::Fenced,
+            StorageError::NotFound(_) => ErrorKind::NotFound,
+            StorageError::Corrupt(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Record batches of one partition, already validated and carrying their final offsets.
+#[derive(Debug, Clone)]
+pub struct AppendBatch {
+    pub tp: TopicPartition,
+    pub leader_epoch: LeaderEpoch,
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub max_timestamp: i64,
+    /// One or more complete v2 record batches, verbatim.
+    pub data: Bytes,
+    pub batches: u32,
+    /// The idempotent producer's state after these batches, if any.
+    pub producer: Option<ProducerBatchState>,
+}
+
+/// Completion of one append: resolves once the object is durable and indexed.
+pub type AppendTicket = oneshot::Receiver<Result<()>>;
+
+/// Buffer space reserved for an append (back-pressure): released when the append completes.
+#[derive(Debug)]
+pub struct Reservation {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Commits a flushed object's ranges to the offset index (implemented over the metadata
+/// service by the component that wires the storage service in).
+#[async_trait]
+pub trait IndexSink: Send + Sync {
+    /// Commits all ranges of one object in one transaction; one outcome per commit, in order.
+    /// An `Err` means nothing was committed.
+    async fn commit(
+        &self,
+        commits: Vec<PartitionCommit>,
+    ) -> std::result::Result<Vec<std::result::Result<(), CommitRefused>>, String>;
+}
+
+/// The storage service's API.
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Waits until `bytes` of buffer space are free and reserves them.
+    async fn reserve(&self, bytes: usize) -> Result<Reservation>;
+
+    /// Queues an append without waiting. Appends of one partition must be submitted in
+    /// offset order; they are written and committed in that order.
+    fn submit(&self, batch: AppendBatch, reservation: Reservation) -> Result<AppendTicket>;
+
+    /// Fails every queued, not yet flushing append of `tp` with [`StorageError::Discarded`]
+    /// (used after an append of `tp` failed, so later ones cannot commit out of order).
+    fn discard(&self, tp: TopicPartition);
+
+    /// Reads `length` bytes at `position` of an object.
+    async fn read(&self, object: &str, position: u64, length: u32) -> Result<Bytes>;
+
+    /// Deletes objects nothing refers to any more.
+    async fn delete_objects(&self, objects: Vec<String>);
+
+    /// Every object in the store.
+    async fn list_objects(&self) -> Result<Vec<String>>;
+
+    /// Flushes what is buffered and stops the flusher.
+    async fn shutdown(&self);
+}
+
+/// Tuning of [`ObjectStorage`].
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Flush when this many bytes are buffered.
+    pub flush_bytes: usize,
+    /// Flush at most this long after the first buffered batch arrived.
+    pub flush_interval: Duration,
+    /// Upper bound of buffered plus flushing bytes (back-pressure beyond it).
+    pub max_buffered_bytes: usize,
+    /// Bytes of objects kept in the memory read cache.
+    pub cache_bytes: u64,
+    /// Attempts per object write before the appends fail.
+    pub write_attempts: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            flush_bytes: 4 << 20,
+            flush_interval: Duration::from_millis(2),
+            max_buffered_bytes: 64 << 20,
+            cache_bytes: 64 << 20,
+            write_attempts: 5,
+        }
+    }
+}
+
+/// An object store plus, for `file://`, the directory it lives in (to fsync after writes).
+#[derive(Debug, Clone)]
+pub struct ObjectStoreTarget {
+    pub store: Arc<dyn ObjectStore>,
+    pub local_root: Option<PathBuf>,
+}
+
+/// Builds the object store for a URL: `file:///abs/path` or `memory://`.
+pub fn open_object_store(url: &str) -> Result<ObjectStoreTarget> {
+    if let Some(path) = url.strip_prefix("file://") {
+        let root = PathBuf::from(path);
+        std::fs::create_dir_all(&root)
+            .map_err(|e| StorageError::Unavailable(format!("create {}: {e}", root.display())))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| StorageError::Unavailable(format!("resolve {}: {e}", root.display())))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        Ok(ObjectStoreTarget { store: Arc::new(store), local_root: Some(root) })
+    } else if url == "memory://" || url == "memory:" {
+        Ok(ObjectStoreTarget {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            local_root: None,
+        })
+    } else {
+        Err(StorageError::Unavailable(format!(
+            "unsupported object store URL '{url}': use file:///path or memory://"
+        )))
+    }
+}
+
+const DATA_PREFIX: &str = "data";
+
+struct Pending {
+    batch: AppendBatch,
+    done: oneshot::Sender<Result<()>>,
+    _reservation: Reservation,
+}
+
+#[derive(Default)]
+struct Buffer {
+    by_partition: BTreeMap<TopicPartition, Vec<Pending>>,
+    bytes: usize,
+    first_at: Option<Instant>,
+    closed: bool,
+}
+
+struct Inner {
+    target: ObjectStoreTarget,
+    config: StorageConfig,
+    sink: Arc<dyn IndexSink>,
+    buffer: Mutex<Buffer>,
+    wake: Notify,
+    space: Arc<Semaphore>,
+    cache: moka::future::Cache<String, Bytes>,
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    stop: CancellationToken,
+}
+
+/// The storage service over an `object_store` backend.
+#[derive(Clone)]
+pub struct ObjectStorage {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ObjectStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStorage").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl ObjectStorage {
+    /// Starts the storage service (its flusher task) over `target`.
+    pub fn start(target: ObjectStoreTarget, config: StorageConfig, sink: Arc<dyn IndexSink>) -> Self {
+        let cache = moka::future::Cache::builder()
+            .weigher(|_k: &String, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .max_capacity(config.cache_bytes)
+            .build();
+        let inner = Arc::new(Inner {
+            space: Arc::new(Semaphore::new(config.max_buffered_bytes.max(1))),
+            target,
+            config,
+            sink,
+            buffer: Mutex::new(Buffer::default()),
+            wake: Notify::new(),
+            cache,
+            flusher: Mutex::new(None),
+            stop: CancellationToken::new(),
+        });
+        let handle = tokio::spawn(flush_loop(inner.clone()));
+        if let Ok(mut slot) = inner.flusher.lock() {
+            *slot = Some(handle);
+        }
+        ObjectStorage { inner }
+    }
+}
+
+fn lock(inner: &Inner) -> std::sync::MutexGuard<'_, Buffer> {
+    // A poisoned buffer lock means a panic mid-update elsewhere; the data is still usable.
+    inner.buffer.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[async_trait]
+impl Storage for ObjectStorage {
+    async fn reserve(&self, bytes: usize) -> Result<Reservation> {
+        let wanted = bytes.clamp(1, self.inner.config.max_buffered_bytes.max(1));
+        let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
+        let permit = self
+            .inner
+            .space
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .map_err(|_| StorageError::ShuttingDown)?;
+        Ok(Reservation { _permit: Some(permit) })
+    }
+
+    fn submit(&self, batch: AppendBatch, reservation: Reservation) -> Result<AppendTicket> {
+        let (done, ticket) = oneshot::channel();
+        let wake = {
+            let mut buf = lock(&self.inner);
+            if buf.closed {
+                return Err(StorageError::ShuttingDown);
+            }
+            buf.bytes += batch.data.len();
+            let first = buf.first_at.is_none();
+            if first {
+                buf.first_at = Some(Instant::now());
+            }
+            let tp = batch.tp;
+            buf.by_partition.entry(tp).or_default().push(Pending {
+                batch,
+                done,
+                _reservation: reservation,
+            });
+            first || buf.bytes >= self.inner.config.flush_bytes
+        };
+        if wake {
+            self.inner.wake.notify_one();
+        }
+        Ok(ticket)
+    }
+
+    fn discard(&self, tp: TopicPartition) {
+        let dropped = {
+            let mut buf = lock(&self.inner);
+            let dropped = buf.by_partition.remove(&tp).unwrap_or_default();
+            let bytes: usize = dropped.iter().map(|p| p.batch.data.len()).sum();
+            buf.bytes = buf.bytes.saturating_sub(bytes);
+            dropped
+        };
+        for pending in dropped {
+            let _ = pending.done.send(Err(StorageError::Discarded));
+        }
+    }
+
+    async fn read(&self, object: &str, position: u64, length: u32) -> Result<Bytes> {
+        let store = self.inner.target.store.clone();
+        let key = object.to_string();
+        let whole = self
+            .inner
+            .cache
+            .try_get_with(key.clone(), async move {
+                let path = ObjectPath::from(key.as_str());
+                match store.get(&path).await {
+                    Ok(result) => result.bytes().await.map_err(|e| StorageError::Unavailable(e.to_string())),
+                    Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound(key)),
+                    Err(e) => Err(StorageError::Unavailable(e.to_string())),
+                }
+            })
+            .await
+            .map_err(|e| (*e).clone())?;
+        let start = usize::try_from(position).map_err(|_| StorageError::Corrupt("position".into()))?;
+        let end = start.saturating_add(length as usize);
+        if end > whole.len() {
+            return Err(StorageError::Corrupt(format!(
+                "range {start}..{end} beyond object '{object}' of {} bytes",
+                whole.len()
+            )));
+        }
+        Ok(whole.slice(start..end))
+    }
+
+    async fn delete_objects(&self, objects: Vec<String>) {
+        for key in objects {
+            self.inner.cache.invalidate(&key).await;
+            let path = ObjectPath::from(key.as_str());
+            match self.inner.target.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(object = %key, error = %e, "object delete failed"),
+            }
+        }
+    }
+
+    async fn list_objects(&self) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let prefix = ObjectPath::from(DATA_PREFIX);
+        let metas: Vec<_> = self
+            .inner
+            .target
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        Ok(metas.into_iter().map(|m| m.location.to_string()).collect())
+    }
+
+    async fn shutdown(&self) {
+        lock(&self.inner).closed = true;
+        self.inner.stop.cancel();
+        self.inner.wake.notify_one();
+        let handle = self.inner.flusher.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+}
+
+async fn flush_loop(inner: Arc<Inner>) {
+    loop {
+        // Wait for the first batch (or shutdown).
+        let (first_at, bytes, closed) = {
+            let buf = lock(&inner);
+            (buf.first_at, buf.bytes, buf.closed)
+        };
+        let Some(first_at) = first_at else {
+            if closed {
+                return;
+            }
+            tokio::select! {
+                _ = inner.wake.notified() => {}
+                _ = inner.stop.cancelled() => {}
+            }
+            continue;
+        };
+        if bytes < inner.config.flush_bytes && !closed {
+            let deadline = first_at + inner.config.flush_interval;
+            if Instant::now() < deadline {
+                tokio::select! {
+                    _ = inner.wake.notified() => {}
+                    _ = tokio::time::sleep_until(deadline.into()) => {}
+                    _ = inner.stop.cancelled() => {}
+                }
+                continue;
+            }
+        }
+        let taken = {
+            let mut buf = lock(&inner);
+            buf.bytes = 0;
+            buf.first_at = None;
+            std::mem::take(&mut buf.by_partition)
+        };
+        if !taken.is_empty() {
+            flush(&inner, taken).await;
+        }
+    }
+}
+
+/// One partition's contiguous run of pending appends in an object.
+struct Run {
+    pendings: Vec<Pending>,
+    entry: FooterEntry,
+    leader_epoch: LeaderEpoch,
+    producers: Vec<ProducerBatchState>,
+}
+
+async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
+    let total: usize = taken.values().flatten().map(|p| p.batch.data.len()).sum();
+    let mut data = BytesMut::with_capacity(total + 128 + taken.len() * 64);
+    let mut runs: Vec<Run> = Vec::with_capacity(taken.len());
+    for (tp, pendings) in taken {
+        let mut run: Option<Run> = None;
+        for pending in pendings {
+            let b = &pending.batch;
+            let continues = run.as_ref().is_some_and(|r| {
+                r.entry.last_offset + 1 == b.base_offset && r.leader_epoch == b.leader_epoch
+            });
+            match run.as_mut() {
+                Some(r) if continues => {
+                    r.entry.last_offset = b.last_offset;
+                    r.entry.max_timestamp = r.entry.max_timestamp.max(b.max_timestamp);
+                    r.entry.length += b.data.len() as u32;
+                    r.entry.batches += b.batches;
+                    if let Some(p) = b.producer {
+                        r.producers.retain(|q| q.producer_id != p.producer_id);
+                        r.producers.push(p);
+                    }
+                    data.extend_from_slice(&b.data);
+                    r.pendings.push(pending);
+                }
+                Some(_) => {
+                    // A gap means an earlier append of this partition failed after these were
+                    // queued: they can never commit in order.
+                    let _ = pending.done.send(Err(StorageError::Discarded));
+                }
+                None => {
+                    let entry = FooterEntry {
+                        tp,
+                        base_offset: b.base_offset,
+                        last_offset: b.last_offset,
+                        max_timestamp: b.max_timestamp,
+                        position: data.len() as u64,
+                        length: b.data.len() as u32,
+                        batches: b.batches,
+                    };
+                    data.extend_from_slice(&b.data);
+                    run = Some(Run {
+                        leader_epoch: b.leader_epoch,
+                        producers: b.producer.into_iter().collect(),
+                        entry,
+                        pendings: vec![pending],
+                    });
+                }
+            }
+        }
+        runs.extend(run);
+    }
+    let entries: Vec<FooterEntry> = runs.iter().map(|r| r.entry).collect();
+    object::write_footer(&mut data, &entries);
+    let object = data.freeze();
+    let key = format!(
+        "{DATA_PREFIX}/{:013}-{}.wseg",
+        weir_common::now_ms(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let started = Instant::now();
+    if let Err(e) = write_object(inner, &key, object.clone()).await {
+        tracing::error!(object = %key, error = %e, "object write failed; failing its appends");
+        fail_all(runs, &e);
+        return;
+    }
+    let written = started.elapsed();
+    inner.cache.insert(key.clone(), object.clone()).await;
+    let commits: Vec<PartitionCommit> = runs
+        .iter()
+        .map(|r| PartitionCommit {
+            leader_epoch: r.leader_epoch,
+            entry: r.entry.to_index_entry(&key),
+            producers: r.producers.clone(),
+        })
+        .collect();
+    match inner.sink.commit(commits).await {
+        Ok(outcomes) => {
+            let any_ok = outcomes.iter().any(|o| o.is_ok());
+            for (run, outcome) in runs.into_iter().zip(outcomes) {
+                let result = outcome.map_err(StorageError::Refused);
+                for pending in run.pendings {
+                    let _ = pending.done.send(result.clone());
+                }
+            }
+            if !any_ok {
+                delete_unreferenced(inner, key.clone()).await;
+            }
+        }
+        Err(e) => {
+            tracing::error!(object = %key, error = %e, "index commit failed; failing its appends");
+            fail_all(runs, &StorageError::Unavailable(e));
+            delete_unreferenced(inner, key.clone()).await;
+        }
+    }
+    tracing::trace!(object = %key, bytes = object.len(), write_ms = written.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64, "flushed");
+}
+
+fn fail_all(runs: Vec<Run>, error: &StorageError) {
+    for run in runs {
+        for pending in run.pendings {
+            let _ = pending.done.send(Err(error.clone()));
+        }
+    }
+}
+
+async fn delete_unreferenced(inner: &Inner, key: String) {
+    inner.cache.invalidate(&key).await;
+    let _ = inner.target.store.delete(&ObjectPath::from(key.as_str())).await;
+}
+
+/// Writes an object so that it is durable when this returns: create-only (a key is never
+/// overwritten), retried with backoff, and on local disk fsynced with its directory.
+async fn write_object(inner: &Inner, key: &str, object: Bytes) -> Result<()> {
+    let path = ObjectPath::from(key);
+    let mut delay = Duration::from_millis(10);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match inner.target.store.put_opts(&path, PutPayload::from(object.clone()), opts).await {
+            Ok(_) => break,
+            // A retry after a write that did land: the object is ours (keys are unique).
+            Err(object_store::Error::AlreadyExists { .. }) if attempt > 1 => break,
+            Err(e) if attempt >= inner.config.write_attempts => {
+                return Err(StorageError::Unavailable(e.to_string()))
+            }
+            Err(e) => {
+                tracing::warn!(object = %key, attempt, error = %e, "object write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    if let Some(root) = &inner.target.local_root {
+        let file = root.join(key);
+        tokio::task::spawn_blocking(move || sync_file_and_dir(&file))
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?
+            .map_err(|e| StorageError::Unavailable(format!("fsync: {e}")))?;
+    }
+    Ok(())
+}
+
+fn sync_file_and_dir(file: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads an object's footer (used by tools and tests to check an object on its own).
+pub async fn read_object_index(storage: &ObjectStorage, object: &str) -> Result<Vec<IndexEntry>> {
+    let path = ObjectPath::from(object);
+    let bytes = storage
+        .inner
+        .target
+        .store
+        .get(&path)
+        .await
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?
+        .bytes()
+        .await
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+    let entries = object::read_footer(&bytes).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    Ok(entries.iter().map(|e| e.to_index_entry(object)).collect())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+"""Fixtures that run the real `weir` binary for the end-to-end tests.
+
+Nothing here builds anything: `scripts/test.sh` runs `cargo build --release` first.
+The binary is `target/release/weir` unless the environment variable WEIR_BIN names
+another one.
+
+Fixtures:
+- `weir`            a fresh server (own port, own data dir) for one test.
+- `weir_module`     one server shared by the tests of a module; a module may set
+                    `WEIR_ARGS = [...]` to pass extra `weir serve` flags to it.
+- `weir_factory`    `weir_factory(*extra_args)` starts servers with extra flags for one test.
+
+Each yields a `WeirServer` with `.bootstrap`, `.port`, `.data_dir`, `.kill9()`,
+`.restart()`, `.terminate()`, `.alive()` and `.log_tail()`.
+When a test fails, the tail of every running server's log is attached to its report.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+
+# Every server started and not yet stopped, for log tails on failure and for cleanup.
+_LIVE_SERVERS: list["WeirServer"] = []
+
+
+def weir_bin() -> Path:
+    override = os.environ.get("WEIR_BIN")
+    return Path(override) if override else REPO_ROOT / "target" / "release" / "weir"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WeirServer:
+    """One `weir serve` process, restartable on the same port and data dir."""
+
+    def __init__(self, base_dir: Path, extra_args=(), port: int | None = None):
+        self.base_dir = Path(base_dir)
+        self.data_dir = self.base_dir / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.base_dir / "weir.log"
+        self.port = port or free_port()
+        self.extra_args = [str(a) for a in extra_args]
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    # -- addresses -----------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def command(self) -> list[str]:
+        return [
+            str(weir_bin()), "serve",
+            "--listen", self.bootstrap,
+            "--data-dir", str(self.data_dir),
+            *self.extra_args,
+        ]
+
+    def start(self) -> "WeirServer":
+        assert self.proc is None or self.proc.poll() is not None, "server already running"
+        binary = weir_bin()
+        if not binary.exists():
+            pytest.fail(f"weir binary not found at {binary} (build it with `cargo build "
+                        f"--release`, or set WEIR_BIN)", pytrace=False)
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start #{self.starts}: {' '.join(self.command())}\n".encode())
+            offset = log.tell()
+        log = open(self.log_path, "ab")
+        env = dict(os.environ)
+        env.setdefault("RUST_BACKTRACE", "1")
+        try:
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        finally:
+            log.close()
+        if self not in _LIVE_SERVERS:
+            _LIVE_SERVERS.append(self)
+        self._wait_ready(offset)
+        return self
+
+    def _wait_ready(self, offset: int) -> None:
+        needle = f"bootstrap.servers={self.bootstrap}".encode()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                if needle in f.read():
+                    return
+            if self.proc.poll() is not None:
+                pytest.fail(f"weir exited with code {self.proc.returncode} before it was "
+                            f"ready (start #{self.starts}).\n{self.log_tail()}", pytrace=False)
+            time.sleep(0.05)
+        self._force_kill()
+        pytest.fail(f"weir did not print {needle.decode()!r} within {READY_TIMEOUT_S:.0f}s "
+                    f"(start #{self.starts}).\n{self.log_tail()}", pytrace=False)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL the server and reap it."""
+        assert self.alive(), f"kill9: server is not running\n{self.log_tail()}"
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM; asserts a graceful exit with code 0 within `timeout` seconds."""
+        assert self.alive(), f"terminate: server is not running\n{self.log_tail()}"
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._force_kill()
+            raise AssertionError(f"weir did not exit within {timeout}s of SIGTERM\n"
+                                 f"{self.log_tail()}")
+        assert rc == 0, f"weir exited with code {rc} after SIGTERM\n{self.log_tail()}"
+        return rc
+
+    def restart(self) -> "WeirServer":
+        """Start again on the same port and data dir (gracefully stops a running server)."""
+        if self.alive():
+            self.terminate()
+        return self.start()
+
+    def stop(self) -> None:
+        """Teardown: SIGTERM, then SIGKILL if it lingers. Never raises."""
+        if self.alive():
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                self._force_kill()
+        if self in _LIVE_SERVERS:
+            _LIVE_SERVERS.remove(self)
+
+    def _force_kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    # -- diagnostics ---------------------------------------------------------------
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as e:
+            return f"(no log: {e})"
+        tail = "\n".join(text.splitlines()[-lines:])
+        return f"--- tail of {self.log_path} ---\n{tail}\n--- end of log ---"
+
+    def __repr__(self) -> str:
+        return f"WeirServer({self.bootstrap}, pid={self.pid}, data_dir={self.data_dir})"
+
+
+def _cleanup_all():
+    for server in list(_LIVE_SERVERS):
+        server.stop()
+
+
+atexit.register(_cleanup_all)
+
+
+def _make_base_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"weir-e2e-{prefix}-"))
+
+
+@pytest.fixture
+def weir_factory(request):
+    servers: list[WeirServer] = []
+    dirs: list[Path] = []
+
+    def make(*extra_args, start=True) -> WeirServer:
+        base = _make_base_dir(request.node.name[:40].replace("/", "_"))
+        dirs.append(base)
+        server = WeirServer(base, extra_args)
+        servers.append(server)
+        if start:
+            server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for d in dirs:
+        if failed or os.environ.get("WEIR_KEEP_DATA"):
+            print(f"keeping weir data dir {d}")
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def weir(weir_factory) -> WeirServer:
+    return weir_factory()
+
+
+@pytest.fixture(scope="module")
+def weir_module(request):
+    extra = getattr(request.module, "WEIR_ARGS", [])
+    base = _make_base_dir(request.module.__name__.rsplit(".", 1)[-1])
+    server = WeirServer(base, extra)
+    server.start()
+    yield server
+    server.stop()
+    if not os.environ.get("WEIR_KEEP_DATA"):
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
+    if report.failed and report.when in ("setup", "call"):
+        for server in list(_LIVE_SERVERS):
+            state = "running" if server.alive() else (
+                f"NOT running (exit code {server.proc.returncode})" if server.proc else "never started")
+            report.sections.append(
+                (f"weir server {server.bootstrap} ({state})", server.log_tail(80)))
