@@ -210,6 +210,47 @@ pub fn headers(records: &[u8]) -> impl Iterator<Item = (usize, BatchHeader)> + '
     })
 }
 
+/// Reads a zigzag varint of at most `max_bytes` bytes.
+fn zigzag(buf: &mut &[u8], max_bytes: usize) -> Option<i64> {
+    let mut value: u64 = 0;
+    for i in 0..max_bytes {
+        let (&byte, rest) = buf.split_first()?;
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+/// The (offset, timestamp) of each record of an uncompressed batch, read from the record
+/// framing only (length, attributes, timestamp delta, offset delta); keys, values and headers
+/// are skipped. `kafka-protocol`'s record decoder is not used here because it reserves
+/// memory from header counts taken from the wire. Stops at the first malformed record.
+pub fn record_times(batch: &[u8], header: &BatchHeader) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    if header.compression() != 0 || batch.len() < HEADER_LEN {
+        return out;
+    }
+    let mut rest = &batch[HEADER_LEN..batch.len().min(header.size)];
+    for _ in 0..header.records_count {
+        let Some(len) = zigzag(&mut rest, 5) else { break };
+        let Ok(len) = usize::try_from(len) else { break };
+        if len > rest.len() || len == 0 {
+            break;
+        }
+        let (mut record, next) = rest.split_at(len);
+        rest = next;
+        record = &record[1..]; // attributes
+        let (Some(ts_delta), Some(offset_delta)) = (zigzag(&mut record, 10), zigzag(&mut record, 5)) else {
+            break;
+        };
+        out.push((header.base_offset + offset_delta, header.first_timestamp.saturating_add(ts_delta)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +265,7 @@ mod tests {
             .map(|i| Record {
                 transactional: false,
                 control: false,
+                delete_horizon: false,
                 partition_leader_epoch: -1,
                 producer_id,
                 producer_epoch: if producer_id >= 0 { 0 } else { -1 },
@@ -300,6 +342,21 @@ mod tests {
         let batches = validate(&buf, 1 << 20).map_err(|e| e.to_string())?;
         assert_eq!(batches[0].header.max_timestamp, 1_800_000_000_000);
         assert_ne!(batches[0].header.attributes & ATTR_TIMESTAMP_TYPE, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn record_times_match_the_decoder() -> Result<(), String> {
+        let mut buf = encode(4, Compression::None, -1);
+        assign(&mut buf, 0, 500, 0);
+        let h = parse_header(&buf).map_err(|e| e.to_string())?;
+        let times = record_times(&buf, &h);
+        let set = RecordBatchDecoder::decode(&mut buf.clone().freeze()).map_err(|e| e.to_string())?;
+        let expected: Vec<(i64, i64)> = set.records.iter().map(|r| (r.offset, r.timestamp)).collect();
+        assert_eq!(times, expected);
+        assert_eq!(times[0], (500, 1_700_000_000_000));
+        // Truncated or lying record framing stops the scan instead of reading past the batch.
+        assert!(record_times(&buf[..HEADER_LEN + 3], &h).len() < 4);
         Ok(())
     }
 

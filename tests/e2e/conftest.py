@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import forget_admin
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -157,6 +159,7 @@ class WeirServer:
                 self._force_kill()
         if self in _LIVE_SERVERS:
             _LIVE_SERVERS.remove(self)
+        forget_admin(self.bootstrap)
 
     def _force_kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

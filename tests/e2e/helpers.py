@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -22,7 +23,16 @@ def unique_topic(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+# librdkafka's own log lines go to Python logging (pytest shows them for failed tests only)
+# instead of stderr, where reconnect attempts to a stopped server would flood the output.
+RDKAFKA_LOG = logging.getLogger("rdkafka")
+
 _ADMINS: dict[str, AdminClient] = {}
+
+
+def forget_admin(bootstrap: str) -> None:
+    """Drop the cached AdminClient of a server that is stopped for good."""
+    _ADMINS.pop(bootstrap, None)
 
 
 def admin(bootstrap: str) -> AdminClient:
@@ -34,7 +44,7 @@ def admin(bootstrap: str) -> AdminClient:
     a = _ADMINS.get(bootstrap)
     if a is None:
         a = _ADMINS[bootstrap] = AdminClient(
-            {"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000})
+            {"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000, "logger": RDKAFKA_LOG})
     return a
 
 
@@ -74,7 +84,7 @@ def _conf(overrides: dict) -> dict:
 
 
 def producer(bootstrap: str, **overrides) -> Producer:
-    conf = {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"}
+    conf = {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "logger": RDKAFKA_LOG}
     conf.update(_conf(overrides))
     return Producer(conf)
 
@@ -88,6 +98,7 @@ def consumer(bootstrap: str, **overrides) -> Consumer:
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": 100,
+        "logger": RDKAFKA_LOG,
     }
     conf.update(_conf(overrides))
     return Consumer(conf)

@@ -9,7 +9,6 @@ use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
 };
-use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 use std::sync::Arc;
 use weir_common::IndexEntry;
@@ -126,10 +125,9 @@ async fn find_in_entry(
             let ts = if hit(h.first_timestamp) { h.first_timestamp } else { h.max_timestamp };
             return Ok(Some((ts, h.base_offset.max(start))));
         }
-        let mut one = bytes.slice(pos..pos + h.size);
-        let set = RecordBatchDecoder::decode(&mut one).map_err(|_| ResponseError::CorruptMessage)?;
-        if let Some(r) = set.records.iter().find(|r| r.offset >= start && hit(r.timestamp)) {
-            return Ok(Some((r.timestamp, r.offset)));
+        let times = batch::record_times(&bytes[pos..pos + h.size], &h);
+        if let Some(&(offset, ts)) = times.iter().find(|(o, t)| *o >= start && hit(*t)) {
+            return Ok(Some((ts, offset)));
         }
     }
     Ok(None)
