@@ -130,14 +130,22 @@ impl ServeArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => FileSettings::default(),
         };
-        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("weir-data"));
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("weir-data"));
         let defaults = StorageConfig::default();
         let storage = StorageConfig {
-            flush_bytes: self.flush_bytes.or(file.flush_bytes).unwrap_or(defaults.flush_bytes).max(1),
+            flush_bytes: self
+                .flush_bytes
+                .or(file.flush_bytes)
+                .unwrap_or(defaults.flush_bytes)
+                .max(1),
             flush_interval: Duration::from_millis(
                 self.flush_interval_ms
                     .or(file.flush_interval_ms)
@@ -147,35 +155,54 @@ impl ServeArgs {
                 .max_buffered_bytes
                 .or(file.max_buffered_bytes)
                 .unwrap_or(defaults.max_buffered_bytes),
-            cache_bytes: self.cache_bytes.or(file.cache_bytes).unwrap_or(defaults.cache_bytes),
+            cache_bytes: self
+                .cache_bytes
+                .or(file.cache_bytes)
+                .unwrap_or(defaults.cache_bytes),
             ..defaults
         };
-        let max_request_bytes = self.max_request_bytes.or(file.max_request_bytes).unwrap_or(100 << 20);
+        let max_request_bytes = self
+            .max_request_bytes
+            .or(file.max_request_bytes)
+            .unwrap_or(100 << 20);
         if storage.max_buffered_bytes < max_request_bytes.min(16 << 20) {
-            bail!("max-buffered-bytes must be at least 16 MiB (or the max request size if smaller)");
+            bail!(
+                "max-buffered-bytes must be at least 16 MiB (or the max request size if smaller)"
+            );
         }
-        let default_partitions = self.default_partitions.or(file.default_partitions).unwrap_or(1);
+        let default_partitions = self
+            .default_partitions
+            .or(file.default_partitions)
+            .unwrap_or(1);
         if default_partitions < 1 {
             bail!("default-partitions must be at least 1");
         }
         Ok(ServeSettings {
-            listen: self.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092))),
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092))),
             advertise: self.advertise.or(file.advertise),
-            object_store: self
-                .object_store
-                .or(file.object_store)
-                .unwrap_or_else(|| format!("file://{}", absolute(&data_dir.join("objects")).display())),
+            object_store: self.object_store.or(file.object_store).unwrap_or_else(|| {
+                format!("file://{}", absolute(&data_dir.join("objects")).display())
+            }),
             metadata: self
                 .metadata
                 .or(file.metadata)
                 .unwrap_or_else(|| format!("embedded://{}", data_dir.join("metadata").display())),
             data_dir,
             storage,
-            auto_create_topics: self.auto_create_topics.or(file.auto_create_topics).unwrap_or(false),
+            auto_create_topics: self
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(false),
             default_partitions,
             max_request_bytes,
             retention_check_interval: Duration::from_millis(
-                self.retention_check_interval_ms.or(file.retention_check_interval_ms).unwrap_or(30_000).max(10),
+                self.retention_check_interval_ms
+                    .or(file.retention_check_interval_ms)
+                    .unwrap_or(30_000)
+                    .max(10),
             ),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
         })
@@ -186,7 +213,9 @@ fn absolute(path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
     }
 }
 
@@ -216,7 +245,9 @@ fn open_metadata(url: &str) -> Result<Arc<dyn MetadataStore>> {
 
 /// Splits `host:port` (IPv6 hosts in brackets).
 fn parse_host_port(s: &str) -> Result<(String, i32)> {
-    let (host, port) = s.rsplit_once(':').with_context(|| format!("'{s}' is not host:port"))?;
+    let (host, port) = s
+        .rsplit_once(':')
+        .with_context(|| format!("'{s}' is not host:port"))?;
     let port: u16 = port.parse().with_context(|| format!("bad port in '{s}'"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
@@ -232,8 +263,15 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     let target = weir_storage::open_object_store(&settings.object_store)
         .with_context(|| format!("opening object store {}", settings.object_store))?;
     let registry = Arc::new(Registry::default());
-    let committer = Arc::new(Committer { meta: meta.clone(), registry: registry.clone() });
-    let storage = Arc::new(ObjectStorage::start(target, settings.storage.clone(), committer));
+    let committer = Arc::new(Committer {
+        meta: meta.clone(),
+        registry: registry.clone(),
+    });
+    let storage = Arc::new(ObjectStorage::start(
+        target,
+        settings.storage.clone(),
+        committer,
+    ));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding the Kafka listener on {}", settings.listen))?;
@@ -296,7 +334,9 @@ fn main() -> Result<()> {
         Command::Serve(args) => {
             let settings = args.resolve()?;
             init_logging(settings.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(serve(settings))
         }
     }
@@ -311,7 +351,9 @@ mod tests {
         let s = ServeArgs::default().resolve()?;
         assert_eq!(s.listen.to_string(), "127.0.0.1:9092");
         assert_eq!(s.data_dir, PathBuf::from("weir-data"));
-        assert!(s.object_store.starts_with("file://") && s.object_store.ends_with("weir-data/objects"));
+        assert!(
+            s.object_store.starts_with("file://") && s.object_store.ends_with("weir-data/objects")
+        );
         assert_eq!(s.metadata, "embedded://weir-data/metadata");
         assert!(!s.auto_create_topics);
         Ok(())
@@ -321,8 +363,15 @@ mod tests {
     fn flags_win_over_the_file() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("weir.toml");
-        std::fs::write(&path, "flush_interval_ms = 50\ndefault_partitions = 3\nauto_create_topics = true\n")?;
-        let args = ServeArgs { config: Some(path), default_partitions: Some(6), ..Default::default() };
+        std::fs::write(
+            &path,
+            "flush_interval_ms = 50\ndefault_partitions = 3\nauto_create_topics = true\n",
+        )?;
+        let args = ServeArgs {
+            config: Some(path),
+            default_partitions: Some(6),
+            ..Default::default()
+        };
         let s = args.resolve()?;
         assert_eq!(s.storage.flush_interval, Duration::from_millis(50));
         assert_eq!(s.default_partitions, 6);
@@ -335,13 +384,21 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("weir.toml");
         std::fs::write(&path, "flush_intervall_ms = 50\n")?;
-        assert!(ServeArgs { config: Some(path), ..Default::default() }.resolve().is_err());
+        assert!(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
         Ok(())
     }
 
     #[test]
     fn host_port_parsing() -> Result<()> {
-        assert_eq!(parse_host_port("kafka.example.com:9098")?, ("kafka.example.com".to_string(), 9098));
+        assert_eq!(
+            parse_host_port("kafka.example.com:9098")?,
+            ("kafka.example.com".to_string(), 9098)
+        );
         assert_eq!(parse_host_port("[::1]:9092")?, ("::1".to_string(), 9092));
         assert!(parse_host_port("nohost").is_err());
         Ok(())

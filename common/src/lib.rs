@@ -144,7 +144,10 @@ pub enum CommitRefused {
     #[error("partition not found (topic deleted?)")]
     UnknownPartition,
     #[error("fenced: leader epoch is {current}, commit carried {expected}")]
-    EpochFenced { current: LeaderEpoch, expected: LeaderEpoch },
+    EpochFenced {
+        current: LeaderEpoch,
+        expected: LeaderEpoch,
+    },
     #[error("offset mismatch: next offset is {current}, commit starts at {expected}")]
     OffsetMismatch { current: Offset, expected: Offset },
 }

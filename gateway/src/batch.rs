@@ -145,13 +145,18 @@ pub fn validate(records: &[u8], max_batch_bytes: usize) -> Result<Vec<ValidBatch
             return Err(BatchError::Corrupt);
         }
         if header.size > max_batch_bytes {
-            return Err(BatchError::TooLarge { size: header.size, max: max_batch_bytes });
+            return Err(BatchError::TooLarge {
+                size: header.size,
+                max: max_batch_bytes,
+            });
         }
         if crc32c::crc32c(&rest[CRC_START..header.size]) != header.crc {
             return Err(BatchError::Crc);
         }
         if header.records_count <= 0 || header.last_offset_delta != header.records_count - 1 {
-            return Err(BatchError::Invalid("records count does not match the last offset delta"));
+            return Err(BatchError::Invalid(
+                "records count does not match the last offset delta",
+            ));
         }
         if header.compression() == 0 {
             // An uncompressed record takes at least 7 bytes: a count beyond that is a lie
@@ -168,10 +173,14 @@ pub fn validate(records: &[u8], max_batch_bytes: usize) -> Result<Vec<ValidBatch
             return Err(BatchError::Invalid("clients may not write control batches"));
         }
         if header.attributes & ATTR_TRANSACTIONAL != 0 {
-            return Err(BatchError::Invalid("transactional batches are not supported"));
+            return Err(BatchError::Invalid(
+                "transactional batches are not supported",
+            ));
         }
         if header.is_idempotent() && header.base_sequence < 0 {
-            return Err(BatchError::Invalid("idempotent batch without a base sequence"));
+            return Err(BatchError::Invalid(
+                "idempotent batch without a base sequence",
+            ));
         }
         batches.push(ValidBatch { start: pos, header });
         pos += header.size;
@@ -235,7 +244,9 @@ pub fn record_times(batch: &[u8], header: &BatchHeader) -> Vec<(i64, i64)> {
     }
     let mut rest = &batch[HEADER_LEN..batch.len().min(header.size)];
     for _ in 0..header.records_count {
-        let Some(len) = zigzag(&mut rest, 5) else { break };
+        let Some(len) = zigzag(&mut rest, 5) else {
+            break;
+        };
         let Ok(len) = usize::try_from(len) else { break };
         if len > rest.len() || len == 0 {
             break;
@@ -243,10 +254,15 @@ pub fn record_times(batch: &[u8], header: &BatchHeader) -> Vec<(i64, i64)> {
         let (mut record, next) = rest.split_at(len);
         rest = next;
         record = &record[1..]; // attributes
-        let (Some(ts_delta), Some(offset_delta)) = (zigzag(&mut record, 10), zigzag(&mut record, 5)) else {
+        let (Some(ts_delta), Some(offset_delta)) =
+            (zigzag(&mut record, 10), zigzag(&mut record, 5))
+        else {
             break;
         };
-        out.push((header.base_offset + offset_delta, header.first_timestamp.saturating_add(ts_delta)));
+        out.push((
+            header.base_offset + offset_delta,
+            header.first_timestamp.saturating_add(ts_delta),
+        ));
     }
     out
 }
@@ -280,7 +296,10 @@ mod tests {
             })
             .collect();
         let mut buf = BytesMut::new();
-        let options = RecordEncodeOptions { version: 2, compression };
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression,
+        };
         if let Err(e) = RecordBatchEncoder::encode(&mut buf, &records, &options) {
             panic!("encode: {e}");
         }
@@ -294,12 +313,16 @@ mod tests {
             let batches = validate(&buf, 1 << 20).map_err(|e| e.to_string())?;
             assert_eq!(batches.len(), 1);
             let h = batches[0].header;
-            assert_eq!((h.records_count, h.last_offset_delta, h.producer_id), (5, 4, 42));
+            assert_eq!(
+                (h.records_count, h.last_offset_delta, h.producer_id),
+                (5, 4, 42)
+            );
             assert_eq!((h.base_sequence, h.last_sequence()), (0, 4));
             assign(&mut buf, 0, 1000, 7);
             // Still valid (offset and epoch are outside the CRC) and decodes at the new offsets.
             validate(&buf, 1 << 20).map_err(|e| e.to_string())?;
-            let set = RecordBatchDecoder::decode(&mut buf.clone().freeze()).map_err(|e| e.to_string())?;
+            let set =
+                RecordBatchDecoder::decode(&mut buf.clone().freeze()).map_err(|e| e.to_string())?;
             let offsets: Vec<i64> = set.records.iter().map(|r| r.offset).collect();
             assert_eq!(offsets, vec![1000, 1001, 1002, 1003, 1004]);
             assert_eq!(set.records[0].partition_leader_epoch, 7);
@@ -317,7 +340,10 @@ mod tests {
         for cut in 0..buf.len() {
             assert!(validate(&buf[..cut], 1 << 20).is_err(), "cut at {cut}");
         }
-        assert!(matches!(validate(&buf, 10), Err(BatchError::TooLarge { .. })));
+        assert!(matches!(
+            validate(&buf, 10),
+            Err(BatchError::TooLarge { .. })
+        ));
         let mut old = buf.clone();
         old[16] = 1;
         assert_eq!(validate(&old, 1 << 20), Err(BatchError::Magic(1)));
@@ -331,7 +357,10 @@ mod tests {
         buf[23..27].copy_from_slice(&9_999_999i32.to_be_bytes());
         let crc = crc32c::crc32c(&buf[CRC_START..]);
         buf[17..21].copy_from_slice(&crc.to_be_bytes());
-        assert!(matches!(validate(&buf, 1 << 20), Err(BatchError::Invalid(_))));
+        assert!(matches!(
+            validate(&buf, 1 << 20),
+            Err(BatchError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -351,8 +380,13 @@ mod tests {
         assign(&mut buf, 0, 500, 0);
         let h = parse_header(&buf).map_err(|e| e.to_string())?;
         let times = record_times(&buf, &h);
-        let set = RecordBatchDecoder::decode(&mut buf.clone().freeze()).map_err(|e| e.to_string())?;
-        let expected: Vec<(i64, i64)> = set.records.iter().map(|r| (r.offset, r.timestamp)).collect();
+        let set =
+            RecordBatchDecoder::decode(&mut buf.clone().freeze()).map_err(|e| e.to_string())?;
+        let expected: Vec<(i64, i64)> = set
+            .records
+            .iter()
+            .map(|r| (r.offset, r.timestamp))
+            .collect();
         assert_eq!(times, expected);
         assert_eq!(times[0], (500, 1_700_000_000_000));
         // Truncated or lying record framing stops the scan instead of reading past the batch.

@@ -44,7 +44,10 @@ fn producers_from(batches: &[ProducerBatchState]) -> HashMap<i64, ProducerState>
     let mut map: HashMap<i64, ProducerState> = HashMap::new();
     for b in batches {
         map.entry(b.producer_id)
-            .or_insert_with(|| ProducerState { epoch: b.producer_epoch, batches: VecDeque::new() })
+            .or_insert_with(|| ProducerState {
+                epoch: b.producer_epoch,
+                batches: VecDeque::new(),
+            })
             .record(*b);
     }
     map
@@ -122,19 +125,30 @@ pub struct Topic {
 impl Topic {
     pub fn partition(&self, index: i32) -> Option<Arc<PartitionLog>> {
         let parts = self.partitions.read().unwrap_or_else(|e| e.into_inner());
-        usize::try_from(index).ok().and_then(|i| parts.get(i).cloned())
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| parts.get(i).cloned())
     }
 
     pub fn partition_count(&self) -> i32 {
-        self.partitions.read().unwrap_or_else(|e| e.into_inner()).len() as i32
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len() as i32
     }
 
     pub fn settings(&self) -> TopicSettings {
-        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn record(&self) -> TopicRecord {
-        self.record.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.record
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -148,23 +162,39 @@ struct Topics {
 #[derive(Debug)]
 pub struct Registry {
     topics: RwLock<Topics>,
+    /// Set when the gateway shuts down: long polls return at once.
+    closing: std::sync::atomic::AtomicBool,
     /// Bumped after every commit or truncation; long-polling fetches wait on it.
     changed: watch::Sender<u64>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry { topics: RwLock::new(Topics::default()), changed: watch::channel(0).0 }
+        Registry {
+            topics: RwLock::new(Topics::default()),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            changed: watch::channel(0).0,
+        }
     }
 }
 
 impl Registry {
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.read().unwrap_or_else(|e| e.into_inner()).by_name.get(name).cloned()
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_name
+            .get(name)
+            .cloned()
     }
 
     pub fn topic_by_id(&self, id: TopicId) -> Option<Arc<Topic>> {
-        self.topics.read().unwrap_or_else(|e| e.into_inner()).by_id.get(&id).cloned()
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id
+            .get(&id)
+            .cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<Topic>> {
@@ -185,7 +215,10 @@ impl Registry {
         let partitions = tails
             .iter()
             .map(|t| {
-                let tp = TopicPartition { topic_id: record.id, partition: t.state.partition };
+                let tp = TopicPartition {
+                    topic_id: record.id,
+                    partition: t.state.partition,
+                };
                 Arc::new(PartitionLog::from_tail(tp, t))
             })
             .collect();
@@ -209,7 +242,10 @@ impl Registry {
         tails.sort_by_key(|t| t.state.partition);
         for t in tails {
             if t.state.partition as usize == parts.len() {
-                let tp = TopicPartition { topic_id: topic.id, partition: t.state.partition };
+                let tp = TopicPartition {
+                    topic_id: topic.id,
+                    partition: t.state.partition,
+                };
                 parts.push(Arc::new(PartitionLog::from_tail(tp, t)));
             }
         }
@@ -230,7 +266,12 @@ impl Registry {
             topics.by_id.remove(&topic.id);
             topic
         };
-        for p in topic.partitions.read().unwrap_or_else(|e| e.into_inner()).iter() {
+        for p in topic
+            .partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             p.lock().deleted = true;
         }
         self.notify();
@@ -248,6 +289,17 @@ impl Registry {
             }
         }
         self.notify();
+    }
+
+    /// Ends every long poll (shutdown).
+    pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -273,16 +325,26 @@ impl IndexSink for Committer {
         &self,
         commits: Vec<PartitionCommit>,
     ) -> Result<Vec<Result<(), CommitRefused>>, String> {
-        let outcomes = self.meta.commit_index(commits.clone()).await.map_err(|e| e.to_string())?;
+        let outcomes = self
+            .meta
+            .commit_index(commits.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         for (commit, outcome) in commits.into_iter().zip(&outcomes) {
             if outcome.is_err() {
                 continue;
             }
-            let Some(log) = self.registry.partition(commit.entry.tp) else { continue };
+            let Some(log) = self.registry.partition(commit.entry.tp) else {
+                continue;
+            };
             let mut state = log.lock();
             state.high_watermark = state.high_watermark.max(commit.entry.last_offset + 1);
             for p in &commit.producers {
-                state.committed_producers.entry(p.producer_id).or_default().record(*p);
+                state
+                    .committed_producers
+                    .entry(p.producer_id)
+                    .or_default()
+                    .record(*p);
             }
             state.recent.push_back(commit.entry);
             while state.recent.len() > RECENT_ENTRIES {

@@ -27,7 +27,13 @@ pub struct ConfigDef {
 }
 
 const fn def(name: &'static str, default: &'static str, kind: ConfigType, min: i64) -> ConfigDef {
-    ConfigDef { name, default, kind, min, choices: &[] }
+    ConfigDef {
+        name,
+        default,
+        kind,
+        min,
+        choices: &[],
+    }
 }
 
 const COMPRESSION_TYPES: &[&str] = &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"];
@@ -55,11 +61,31 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
     def("flush.messages", "9223372036854775807", ConfigType::Long, 1),
     def("flush.ms", "9223372036854775807", ConfigType::Long, 0),
     def("index.interval.bytes", "4096", ConfigType::Int, 0),
-    def("max.compaction.lag.ms", "9223372036854775807", ConfigType::Long, 1),
+    def(
+        "max.compaction.lag.ms",
+        "9223372036854775807",
+        ConfigType::Long,
+        1,
+    ),
     def("max.message.bytes", "1048588", ConfigType::Int, 0),
-    def("message.timestamp.after.max.ms", "9223372036854775807", ConfigType::Long, 0),
-    def("message.timestamp.before.max.ms", "9223372036854775807", ConfigType::Long, 0),
-    def("message.timestamp.difference.max.ms", "9223372036854775807", ConfigType::Long, 0),
+    def(
+        "message.timestamp.after.max.ms",
+        "9223372036854775807",
+        ConfigType::Long,
+        0,
+    ),
+    def(
+        "message.timestamp.before.max.ms",
+        "9223372036854775807",
+        ConfigType::Long,
+        0,
+    ),
+    def(
+        "message.timestamp.difference.max.ms",
+        "9223372036854775807",
+        ConfigType::Long,
+        0,
+    ),
     ConfigDef {
         name: "message.timestamp.type",
         default: "CreateTime",
@@ -83,8 +109,18 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
     def("segment.index.bytes", "10485760", ConfigType::Int, 4),
     def("segment.jitter.ms", "0", ConfigType::Long, 0),
     def("segment.ms", "604800000", ConfigType::Long, 1),
-    def("unclean.leader.election.enable", "false", ConfigType::Boolean, 0),
-    def("message.downconversion.enable", "true", ConfigType::Boolean, 0),
+    def(
+        "unclean.leader.election.enable",
+        "false",
+        ConfigType::Boolean,
+        0,
+    ),
+    def(
+        "message.downconversion.enable",
+        "true",
+        ConfigType::Boolean,
+        0,
+    ),
 ];
 
 /// Looks up a config definition by name.
@@ -126,9 +162,16 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
             }
         }
         ConfigType::List => {
-            let items: Vec<&str> = value.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            let items: Vec<&str> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
             if items.is_empty() || items.iter().any(|i| !def.choices.contains(i)) {
-                return Err(format!("{name} must be a list of {}", def.choices.join(", ")));
+                return Err(format!(
+                    "{name} must be a list of {}",
+                    def.choices.join(", ")
+                ));
             }
         }
     }
@@ -160,7 +203,9 @@ impl TopicSettings {
             retention_bytes: get("retention.bytes").trim().parse().unwrap_or(-1),
             max_message_bytes: get("max.message.bytes").trim().parse().unwrap_or(1_048_588),
             log_append_time: get("message.timestamp.type").trim() == "LogAppendTime",
-            delete_policy: get("cleanup.policy").split(',').any(|p| p.trim() == "delete"),
+            delete_policy: get("cleanup.policy")
+                .split(',')
+                .any(|p| p.trim() == "delete"),
         }
     }
 }
@@ -176,8 +221,13 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.len() > 249 {
         return Err("topic name is longer than 249 characters".into());
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(format!("topic name '{name}' contains the illegal character '{c}'"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name '{name}' contains the illegal character '{c}'"
+        ));
     }
     Ok(())
 }
@@ -204,10 +254,16 @@ mod tests {
     fn resolves_effective_settings() {
         let mut c = BTreeMap::new();
         let d = TopicSettings::resolve(&c);
-        assert_eq!((d.retention_ms, d.retention_bytes, d.max_message_bytes), (604_800_000, -1, 1_048_588));
+        assert_eq!(
+            (d.retention_ms, d.retention_bytes, d.max_message_bytes),
+            (604_800_000, -1, 1_048_588)
+        );
         assert!(d.delete_policy && !d.log_append_time);
         c.insert("cleanup.policy".to_string(), "compact".to_string());
-        c.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
+        c.insert(
+            "message.timestamp.type".to_string(),
+            "LogAppendTime".to_string(),
+        );
         let s = TopicSettings::resolve(&c);
         assert!(!s.delete_policy && s.log_append_time);
     }

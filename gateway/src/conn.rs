@@ -49,7 +49,11 @@ pub enum CloseReason {
     #[error("request rejected by guard: {0}")]
     Guard(#[from] crate::guard::GuardError),
     #[error("malformed {key:?} v{version} request: {reason}")]
-    BadRequest { key: ApiKey, version: i16, reason: String },
+    BadRequest {
+        key: ApiKey,
+        version: i16,
+        reason: String,
+    },
 }
 
 /// Serves one connection until the client leaves, a frame is malformed, or shutdown.
@@ -174,24 +178,42 @@ async fn dispatch(
     if api_key == ApiKey::ApiVersions && !handlers::is_supported(api_key, version) {
         // KIP-511: answer in the v0 layout with UNSUPPORTED_VERSION so the client retries lower.
         let body = handlers::api_versions::unsupported_version_response();
-        let encoded = encode_response(api_key, 0, correlation_id, &body)
-            .map_err(|e| CloseReason::BadRequest { key: api_key, version, reason: e })?;
+        let encoded = encode_response(api_key, 0, correlation_id, &body).map_err(|e| {
+            CloseReason::BadRequest {
+                key: api_key,
+                version,
+                reason: e,
+            }
+        })?;
         return Ok((Box::pin(async move { Some(encoded) }), true));
     }
     if !handlers::is_supported(api_key, version) {
-        return Err(CloseReason::UnsupportedVersion { key: api_key, version });
+        return Err(CloseReason::UnsupportedVersion {
+            key: api_key,
+            version,
+        });
     }
     let mut body = frame;
     let header = decode_request_header_from_buffer(&mut body)
         .map_err(|e| CloseReason::BadHeader(e.to_string()))?;
     crate::guard::check_request_body(key, version, &body)?;
-    let request = RequestKind::decode(api_key, &mut body, version).map_err(|e| CloseReason::BadRequest {
-        key: api_key,
+    let request =
+        RequestKind::decode(api_key, &mut body, version).map_err(|e| CloseReason::BadRequest {
+            key: api_key,
+            version,
+            reason: e.to_string(),
+        })?;
+    let client_id = header
+        .client_id
+        .as_ref()
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    let ctx = handlers::RequestContext {
+        api_key,
         version,
-        reason: e.to_string(),
-    })?;
-    let client_id = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
-    let ctx = handlers::RequestContext { api_key, version, correlation_id, client_id };
+        correlation_id,
+        client_id,
+    };
     let (pending, barrier) = handlers::handle(gateway, &ctx, request).await;
     let response = Box::pin(async move {
         let body = pending.await?;

@@ -103,11 +103,19 @@ impl Gateway {
             let tails = meta.acquire_partitions(record.id, 0).await?;
             registry.insert(record, &tails);
         }
-        let live: std::collections::HashSet<String> = meta.live_objects().await?.into_iter().collect();
-        let orphans: Vec<String> =
-            storage.list_objects().await?.into_iter().filter(|o| !live.contains(o)).collect();
+        let live: std::collections::HashSet<String> =
+            meta.live_objects().await?.into_iter().collect();
+        let orphans: Vec<String> = storage
+            .list_objects()
+            .await?
+            .into_iter()
+            .filter(|o| !live.contains(o))
+            .collect();
         if !orphans.is_empty() {
-            tracing::info!(count = orphans.len(), "deleting objects no index entry refers to");
+            tracing::info!(
+                count = orphans.len(),
+                "deleting objects no index entry refers to"
+            );
             storage.delete_objects(orphans).await;
         }
         Ok(Arc::new(Gateway {
@@ -138,7 +146,10 @@ impl Gateway {
                 continue;
             }
             for p in 0..topic.partition_count() {
-                let tp = weir_common::TopicPartition { topic_id: topic.id, partition: p };
+                let tp = weir_common::TopicPartition {
+                    topic_id: topic.id,
+                    partition: p,
+                };
                 match self.meta.apply_retention(tp, limits).await {
                     Ok(t) if t.removed_entries > 0 => {
                         tracing::debug!(topic = %topic.name, partition = p,
@@ -147,7 +158,9 @@ impl Gateway {
                         self.storage.delete_objects(t.dead_objects).await;
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(topic = %topic.name, partition = p, error = %e, "retention failed"),
+                    Err(e) => {
+                        tracing::warn!(topic = %topic.name, partition = p, error = %e, "retention failed")
+                    }
                 }
             }
         }
@@ -191,8 +204,12 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: Cancell
         }
     }
     drop(listener);
+    gateway.registry.close();
     let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after 10 s; closing them");
         connections.abort_all();
     }

@@ -4,7 +4,14 @@
 use super::*;
 use std::sync::Arc;
 
-fn entry(tp: TopicPartition, base: i64, last: i64, ts: i64, object: &str, length: u32) -> IndexEntry {
+fn entry(
+    tp: TopicPartition,
+    base: i64,
+    last: i64,
+    ts: i64,
+    object: &str,
+    length: u32,
+) -> IndexEntry {
     IndexEntry {
         tp,
         base_offset: base,
@@ -18,7 +25,11 @@ fn entry(tp: TopicPartition, base: i64, last: i64, ts: i64, object: &str, length
 }
 
 fn commit(epoch: i32, e: IndexEntry) -> PartitionCommit {
-    PartitionCommit { leader_epoch: epoch, entry: e, producers: vec![] }
+    PartitionCommit {
+        leader_epoch: epoch,
+        entry: e,
+        producers: vec![],
+    }
 }
 
 async fn topics_lifecycle(store: &dyn MetadataStore) -> anyhow::Result<()> {
@@ -26,15 +37,27 @@ async fn topics_lifecycle(store: &dyn MetadataStore) -> anyhow::Result<()> {
     configs.insert("retention.ms".to_string(), "1000".to_string());
     let t = store.create_topic("orders", 3, configs.clone()).await?;
     assert_eq!((t.name.as_str(), t.partitions), ("orders", 3));
-    assert!(matches!(store.create_topic("orders", 1, BTreeMap::new()).await, Err(MetadataError::TopicExists(_))));
+    assert!(matches!(
+        store.create_topic("orders", 1, BTreeMap::new()).await,
+        Err(MetadataError::TopicExists(_))
+    ));
     assert_eq!(store.get_topic("orders").await?, Some(t.clone()));
     let grown = store.create_partitions("orders", 5).await?;
     assert_eq!(grown.partitions, 5);
     assert!(store.create_partitions("orders", 5).await.is_err());
     let tails = store.acquire_partitions(t.id, 3).await?;
-    assert_eq!(tails.iter().map(|t| t.state.partition).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(
+        tails.iter().map(|t| t.state.partition).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
     configs.insert("cleanup.policy".to_string(), "compact".to_string());
-    assert_eq!(store.set_topic_configs("orders", configs.clone()).await?.configs, configs);
+    assert_eq!(
+        store
+            .set_topic_configs("orders", configs.clone())
+            .await?
+            .configs,
+        configs
+    );
     assert_eq!(store.list_topics().await?.len(), 1);
     let (deleted, _) = store.delete_topic("orders").await?;
     assert_eq!(deleted.id, t.id);
@@ -49,34 +72,66 @@ async fn index_commits_are_fenced(store: &dyn MetadataStore) -> anyhow::Result<(
     let t = store.create_topic("log", 2, BTreeMap::new()).await?;
     let tails = store.acquire_partitions(t.id, 0).await?;
     let epoch = tails[0].state.leader_epoch;
-    let p0 = TopicPartition { topic_id: t.id, partition: 0 };
-    let p1 = TopicPartition { topic_id: t.id, partition: 1 };
+    let p0 = TopicPartition {
+        topic_id: t.id,
+        partition: 0,
+    };
+    let p1 = TopicPartition {
+        topic_id: t.id,
+        partition: 1,
+    };
     // One object, two partitions, one transaction.
     let out = store
-        .commit_index(vec![commit(epoch, entry(p0, 0, 9, 100, "a", 10)), commit(epoch, entry(p1, 0, 4, 100, "a", 5))])
+        .commit_index(vec![
+            commit(epoch, entry(p0, 0, 9, 100, "a", 10)),
+            commit(epoch, entry(p1, 0, 4, 100, "a", 5)),
+        ])
         .await?;
     assert_eq!(out, vec![Ok(()), Ok(())]);
     // Wrong next offset (a gap or a rewrite) is refused; the other partition still commits.
     let out = store
-        .commit_index(vec![commit(epoch, entry(p0, 5, 12, 200, "b", 10)), commit(epoch, entry(p1, 5, 9, 200, "b", 5))])
+        .commit_index(vec![
+            commit(epoch, entry(p0, 5, 12, 200, "b", 10)),
+            commit(epoch, entry(p1, 5, 9, 200, "b", 5)),
+        ])
         .await?;
-    assert_eq!(out[0], Err(CommitRefused::OffsetMismatch { current: 10, expected: 5 }));
+    assert_eq!(
+        out[0],
+        Err(CommitRefused::OffsetMismatch {
+            current: 10,
+            expected: 5
+        })
+    );
     assert_eq!(out[1], Ok(()));
     // A new leader (epoch + 1) fences the old one.
     let newer = store.acquire_partitions(t.id, 0).await?;
     assert_eq!(newer[0].state.leader_epoch, epoch + 1);
     assert_eq!(newer[0].state.next_offset, 10);
-    let out = store.commit_index(vec![commit(epoch, entry(p0, 10, 11, 300, "c", 2))]).await?;
+    let out = store
+        .commit_index(vec![commit(epoch, entry(p0, 10, 11, 300, "c", 2))])
+        .await?;
     assert!(matches!(out[0], Err(CommitRefused::EpochFenced { .. })));
     // Index lookups find the entry holding an offset and those after it.
     let found = store.index_from(p1, 7, 10).await?;
-    assert_eq!(found.iter().map(|e| e.base_offset).collect::<Vec<_>>(), vec![5]);
+    assert_eq!(
+        found.iter().map(|e| e.base_offset).collect::<Vec<_>>(),
+        vec![5]
+    );
     let found = store.index_from(p1, 0, 10).await?;
     assert_eq!(found.len(), 2);
     assert_eq!(store.index_from(p1, 10, 10).await?, vec![]);
-    assert_eq!(store.index_for_timestamp(p1, 150).await?.map(|e| e.base_offset), Some(5));
+    assert_eq!(
+        store
+            .index_for_timestamp(p1, 150)
+            .await?
+            .map(|e| e.base_offset),
+        Some(5)
+    );
     assert_eq!(store.index_for_timestamp(p1, 250).await?, None);
-    assert_eq!(store.index_max_timestamp(p1).await?.map(|e| e.base_offset), Some(5));
+    assert_eq!(
+        store.index_max_timestamp(p1).await?.map(|e| e.base_offset),
+        Some(5)
+    );
     let mut live = store.live_objects().await?;
     live.sort();
     assert_eq!(live, vec!["a".to_string(), "b".to_string()]);
@@ -85,33 +140,90 @@ async fn index_commits_are_fenced(store: &dyn MetadataStore) -> anyhow::Result<(
 
 async fn truncation_releases_objects(store: &dyn MetadataStore) -> anyhow::Result<()> {
     let t = store.create_topic("trunc", 2, BTreeMap::new()).await?;
-    let epoch = store.acquire_partitions(t.id, 0).await?[0].state.leader_epoch;
-    let p0 = TopicPartition { topic_id: t.id, partition: 0 };
-    let p1 = TopicPartition { topic_id: t.id, partition: 1 };
-    store.commit_index(vec![commit(epoch, entry(p0, 0, 9, 100, "o1", 100)), commit(epoch, entry(p1, 0, 9, 100, "o1", 100))]).await?;
-    store.commit_index(vec![commit(epoch, entry(p0, 10, 19, 200, "o2", 100))]).await?;
-    store.commit_index(vec![commit(epoch, entry(p0, 20, 29, 300, "o3", 100))]).await?;
+    let epoch = store.acquire_partitions(t.id, 0).await?[0]
+        .state
+        .leader_epoch;
+    let p0 = TopicPartition {
+        topic_id: t.id,
+        partition: 0,
+    };
+    let p1 = TopicPartition {
+        topic_id: t.id,
+        partition: 1,
+    };
+    store
+        .commit_index(vec![
+            commit(epoch, entry(p0, 0, 9, 100, "o1", 100)),
+            commit(epoch, entry(p1, 0, 9, 100, "o1", 100)),
+        ])
+        .await?;
+    store
+        .commit_index(vec![commit(epoch, entry(p0, 10, 19, 200, "o2", 100))])
+        .await?;
+    store
+        .commit_index(vec![commit(epoch, entry(p0, 20, 29, 300, "o3", 100))])
+        .await?;
     // DeleteRecords inside the second entry: the first goes, o1 is still used by p1.
     let tr = store.delete_records(p0, 15).await?;
     assert_eq!((tr.log_start_offset, tr.removed_entries), (15, 1));
     assert!(tr.dead_objects.is_empty());
     assert!(store.delete_records(p0, 31).await.is_err());
     // Retention by time drops whole entries older than the limit.
-    let limits = RetentionLimits { min_timestamp: Some(250), max_bytes: None };
+    let limits = RetentionLimits {
+        min_timestamp: Some(250),
+        max_bytes: None,
+    };
     let tr = store.apply_retention(p0, limits).await?;
-    assert_eq!((tr.log_start_offset, tr.dead_objects.clone()), (20, vec!["o2".to_string()]));
+    assert_eq!(
+        (tr.log_start_offset, tr.dead_objects.clone()),
+        (20, vec!["o2".to_string()])
+    );
     // Retention by size drops the oldest entries while the rest still hold max_bytes (as
     // Kafka deletes segments): 200 bytes with a 100-byte limit lose the first entry.
-    store.commit_index(vec![commit(epoch, entry(p1, 10, 19, 400, "o4", 100))]).await?;
-    let limit = RetentionLimits { min_timestamp: None, max_bytes: Some(150) };
+    store
+        .commit_index(vec![commit(epoch, entry(p1, 10, 19, 400, "o4", 100))])
+        .await?;
+    let limit = RetentionLimits {
+        min_timestamp: None,
+        max_bytes: Some(150),
+    };
     assert_eq!(store.apply_retention(p1, limit).await?.removed_entries, 0);
-    let tr = store.apply_retention(p1, RetentionLimits { min_timestamp: None, max_bytes: Some(100) }).await?;
-    assert_eq!((tr.log_start_offset, tr.dead_objects), (10, vec!["o1".to_string()]));
+    let tr = store
+        .apply_retention(
+            p1,
+            RetentionLimits {
+                min_timestamp: None,
+                max_bytes: Some(100),
+            },
+        )
+        .await?;
+    assert_eq!(
+        (tr.log_start_offset, tr.dead_objects),
+        (10, vec!["o1".to_string()])
+    );
     // Everything expired: the log start reaches the log end.
-    let tr = store.apply_retention(p0, RetentionLimits { min_timestamp: Some(i64::MAX), max_bytes: None }).await?;
-    assert_eq!((tr.log_start_offset, tr.dead_objects), (30, vec!["o3".to_string()]));
+    let tr = store
+        .apply_retention(
+            p0,
+            RetentionLimits {
+                min_timestamp: Some(i64::MAX),
+                max_bytes: None,
+            },
+        )
+        .await?;
+    assert_eq!(
+        (tr.log_start_offset, tr.dead_objects),
+        (30, vec!["o3".to_string()])
+    );
     let tails = store.acquire_partitions(t.id, 0).await?;
-    assert_eq!((tails[0].state.log_start_offset, tails[0].state.next_offset, tails[0].state.log_bytes), (30, 30, 0));
+    assert_eq!(
+        (
+            tails[0].state.log_start_offset,
+            tails[0].state.next_offset,
+            tails[0].state.log_bytes
+        ),
+        (30, 30, 0)
+    );
     // Deleting the topic releases what is left.
     let (_, dead) = store.delete_topic("trunc").await?;
     assert_eq!(dead, vec!["o4".to_string()]);
@@ -124,8 +236,13 @@ async fn producer_state_is_kept(store: &dyn MetadataStore) -> anyhow::Result<()>
     let b = store.allocate_producer_id().await?;
     assert!(b > a);
     let t = store.create_topic("idem", 1, BTreeMap::new()).await?;
-    let epoch = store.acquire_partitions(t.id, 0).await?[0].state.leader_epoch;
-    let tp = TopicPartition { topic_id: t.id, partition: 0 };
+    let epoch = store.acquire_partitions(t.id, 0).await?[0]
+        .state
+        .leader_epoch;
+    let tp = TopicPartition {
+        topic_id: t.id,
+        partition: 0,
+    };
     for i in 0..7i64 {
         let p = ProducerBatchState {
             producer_id: a,
@@ -135,7 +252,11 @@ async fn producer_state_is_kept(store: &dyn MetadataStore) -> anyhow::Result<()>
             base_offset: i * 2,
             last_offset: i * 2 + 1,
         };
-        let c = PartitionCommit { leader_epoch: epoch, entry: entry(tp, i * 2, i * 2 + 1, 1, "x", 1), producers: vec![p] };
+        let c = PartitionCommit {
+            leader_epoch: epoch,
+            entry: entry(tp, i * 2, i * 2 + 1, 1, "x", 1),
+            producers: vec![p],
+        };
         assert_eq!(store.commit_index(vec![c]).await?, vec![Ok(())]);
     }
     let tail = store.acquire_partitions(t.id, 0).await?.remove(0);
@@ -146,16 +267,30 @@ async fn producer_state_is_kept(store: &dyn MetadataStore) -> anyhow::Result<()>
 
 async fn concurrent_commits(store: Arc<dyn MetadataStore>) -> anyhow::Result<()> {
     let t = store.create_topic("race", 1, BTreeMap::new()).await?;
-    let epoch = store.acquire_partitions(t.id, 0).await?[0].state.leader_epoch;
-    let tp = TopicPartition { topic_id: t.id, partition: 0 };
+    let epoch = store.acquire_partitions(t.id, 0).await?[0]
+        .state
+        .leader_epoch;
+    let tp = TopicPartition {
+        topic_id: t.id,
+        partition: 0,
+    };
     // Many writers race for the same next offset: exactly one wins each round.
     let mut wins = 0;
     for round in 0..5i64 {
         let mut tasks = Vec::new();
         for w in 0..8 {
             let store = store.clone();
-            let e = entry(tp, round * 10, round * 10 + 9, 1, &format!("r{round}w{w}"), 1);
-            tasks.push(tokio::spawn(async move { store.commit_index(vec![commit(epoch, e)]).await }));
+            let e = entry(
+                tp,
+                round * 10,
+                round * 10 + 9,
+                1,
+                &format!("r{round}w{w}"),
+                1,
+            );
+            tasks.push(tokio::spawn(async move {
+                store.commit_index(vec![commit(epoch, e)]).await
+            }));
         }
         for task in tasks {
             if task.await??[0].is_ok() {
@@ -164,7 +299,12 @@ async fn concurrent_commits(store: Arc<dyn MetadataStore>) -> anyhow::Result<()>
         }
     }
     assert_eq!(wins, 5);
-    assert_eq!(store.acquire_partitions(t.id, 0).await?[0].state.next_offset, 50);
+    assert_eq!(
+        store.acquire_partitions(t.id, 0).await?[0]
+            .state
+            .next_offset,
+        50
+    );
     Ok(())
 }
 
@@ -211,15 +351,30 @@ async fn embedded_survives_reopen() -> anyhow::Result<()> {
         let store = EmbeddedStore::open(dir.path())?;
         let cluster = store.cluster_id().await?;
         let t = store.create_topic("durable", 1, BTreeMap::new()).await?;
-        let epoch = store.acquire_partitions(t.id, 0).await?[0].state.leader_epoch;
-        let tp = TopicPartition { topic_id: t.id, partition: 0 };
-        store.commit_index(vec![commit(epoch, entry(tp, 0, 41, 1, "obj", 10))]).await?;
+        let epoch = store.acquire_partitions(t.id, 0).await?[0]
+            .state
+            .leader_epoch;
+        let tp = TopicPartition {
+            topic_id: t.id,
+            partition: 0,
+        };
+        store
+            .commit_index(vec![commit(epoch, entry(tp, 0, 41, 1, "obj", 10))])
+            .await?;
         (cluster, t.id)
     };
     let store = EmbeddedStore::open(dir.path())?;
     assert_eq!(store.cluster_id().await?, id.0);
-    let t = store.get_topic("durable").await?.ok_or_else(|| anyhow::anyhow!("topic lost"))?;
+    let t = store
+        .get_topic("durable")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("topic lost"))?;
     assert_eq!(t.id, id.1);
-    assert_eq!(store.acquire_partitions(t.id, 0).await?[0].state.next_offset, 42);
+    assert_eq!(
+        store.acquire_partitions(t.id, 0).await?[0]
+            .state
+            .next_offset,
+        42
+    );
     Ok(())
 }

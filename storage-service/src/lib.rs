@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use weir_common::{
-    CommitRefused, ErrorKind, IndexEntry, LeaderEpoch, Offset, PartitionCommit,
-    ProducerBatchState, TopicPartition,
+    CommitRefused, ErrorKind, IndexEntry, LeaderEpoch, Offset, PartitionCommit, ProducerBatchState,
+    TopicPartition,
 };
 
 use object::FooterEntry;
@@ -172,7 +172,10 @@ pub fn open_object_store(url: &str) -> Result<ObjectStoreTarget> {
             .map_err(|e| StorageError::Unavailable(format!("resolve {}: {e}", root.display())))?;
         let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-        Ok(ObjectStoreTarget { store: Arc::new(store), local_root: Some(root) })
+        Ok(ObjectStoreTarget {
+            store: Arc::new(store),
+            local_root: Some(root),
+        })
     } else if url == "memory://" || url == "memory:" {
         Ok(ObjectStoreTarget {
             store: Arc::new(object_store::memory::InMemory::new()),
@@ -221,13 +224,19 @@ pub struct ObjectStorage {
 
 impl std::fmt::Debug for ObjectStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObjectStorage").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("ObjectStorage")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl ObjectStorage {
     /// Starts the storage service (its flusher task) over `target`.
-    pub fn start(target: ObjectStoreTarget, config: StorageConfig, sink: Arc<dyn IndexSink>) -> Self {
+    pub fn start(
+        target: ObjectStoreTarget,
+        config: StorageConfig,
+        sink: Arc<dyn IndexSink>,
+    ) -> Self {
         let cache = moka::future::Cache::builder()
             .weigher(|_k: &String, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
             .max_capacity(config.cache_bytes)
@@ -268,7 +277,9 @@ impl Storage for ObjectStorage {
             .acquire_many_owned(wanted)
             .await
             .map_err(|_| StorageError::ShuttingDown)?;
-        Ok(Reservation { _permit: Some(permit) })
+        Ok(Reservation {
+            _permit: Some(permit),
+        })
     }
 
     fn submit(&self, batch: AppendBatch, reservation: Reservation) -> Result<AppendTicket> {
@@ -319,14 +330,18 @@ impl Storage for ObjectStorage {
             .try_get_with(key.clone(), async move {
                 let path = ObjectPath::from(key.as_str());
                 match store.get(&path).await {
-                    Ok(result) => result.bytes().await.map_err(|e| StorageError::Unavailable(e.to_string())),
+                    Ok(result) => result
+                        .bytes()
+                        .await
+                        .map_err(|e| StorageError::Unavailable(e.to_string())),
                     Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound(key)),
                     Err(e) => Err(StorageError::Unavailable(e.to_string())),
                 }
             })
             .await
             .map_err(|e| (*e).clone())?;
-        let start = usize::try_from(position).map_err(|_| StorageError::Corrupt("position".into()))?;
+        let start =
+            usize::try_from(position).map_err(|_| StorageError::Corrupt("position".into()))?;
         let end = start.saturating_add(length as usize);
         if end > whole.len() {
             return Err(StorageError::Corrupt(format!(
@@ -529,7 +544,11 @@ fn fail_all(runs: Vec<Run>, error: &StorageError) {
 
 async fn delete_unreferenced(inner: &Inner, key: String) {
     inner.cache.invalidate(&key).await;
-    let _ = inner.target.store.delete(&ObjectPath::from(key.as_str())).await;
+    let _ = inner
+        .target
+        .store
+        .delete(&ObjectPath::from(key.as_str()))
+        .await;
 }
 
 /// Writes an object so that it is durable when this returns: create-only (a key is never
@@ -540,8 +559,16 @@ async fn write_object(inner: &Inner, key: &str, object: Bytes) -> Result<()> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match inner.target.store.put_opts(&path, PutPayload::from(object.clone()), opts).await {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match inner
+            .target
+            .store
+            .put_opts(&path, PutPayload::from(object.clone()), opts)
+            .await
+        {
             Ok(_) => break,
             // A retry after a write that did land: the object is ours (keys are unique).
             Err(object_store::Error::AlreadyExists { .. }) if attempt > 1 => break,

@@ -139,7 +139,10 @@ mod tests {
 
     fn entry(p: i32, position: u64, length: u32) -> FooterEntry {
         FooterEntry {
-            tp: TopicPartition { topic_id: TopicId::from_u128(0xabcdef), partition: p },
+            tp: TopicPartition {
+                topic_id: TopicId::from_u128(0xabcdef),
+                partition: p,
+            },
             base_offset: 10 * i64::from(p),
             last_offset: 10 * i64::from(p) + 9,
             max_timestamp: 1_700_000_000_000 + i64::from(p),

@@ -20,19 +20,28 @@ impl IndexSink for RecordingSink {
             .iter()
             .map(|c| {
                 if Some(c.entry.tp.partition) == self.refuse_partition {
-                    Err(CommitRefused::EpochFenced { current: 9, expected: c.leader_epoch })
+                    Err(CommitRefused::EpochFenced {
+                        current: 9,
+                        expected: c.leader_epoch,
+                    })
                 } else {
                     Ok(())
                 }
             })
             .collect();
-        self.commits.lock().map_err(|e| e.to_string())?.push(commits);
+        self.commits
+            .lock()
+            .map_err(|e| e.to_string())?
+            .push(commits);
         Ok(outcomes)
     }
 }
 
 fn tp(p: i32) -> TopicPartition {
-    TopicPartition { topic_id: TopicId::from_u128(7), partition: p }
+    TopicPartition {
+        topic_id: TopicId::from_u128(7),
+        partition: p,
+    }
 }
 
 fn batch(p: i32, base: i64, count: i64, fill: u8) -> AppendBatch {
@@ -49,7 +58,10 @@ fn batch(p: i32, base: i64, count: i64, fill: u8) -> AppendBatch {
 }
 
 fn config() -> StorageConfig {
-    StorageConfig { flush_interval: Duration::from_millis(20), ..StorageConfig::default() }
+    StorageConfig {
+        flush_interval: Duration::from_millis(20),
+        ..StorageConfig::default()
+    }
 }
 
 #[tokio::test]
@@ -64,18 +76,32 @@ async fn one_object_per_flush_holds_every_partition() -> anyhow::Result<()> {
     for t in tickets {
         t.await??;
     }
-    assert_eq!(sink.calls.load(Ordering::SeqCst), 1, "one flush, one commit");
-    let commits = sink.commits.lock().map_err(|e| anyhow::anyhow!("{e}"))?.concat();
+    assert_eq!(
+        sink.calls.load(Ordering::SeqCst),
+        1,
+        "one flush, one commit"
+    );
+    let commits = sink
+        .commits
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .concat();
     assert_eq!(commits.len(), 3, "one entry per partition");
     let p0 = &commits[0].entry;
-    assert_eq!((p0.base_offset, p0.last_offset, p0.length, p0.batches), (0, 19, 200, 2));
+    assert_eq!(
+        (p0.base_offset, p0.last_offset, p0.length, p0.batches),
+        (0, 19, 200, 2)
+    );
     // The bytes read back are the batches in offset order.
     let bytes = storage.read(&p0.object, p0.position, p0.length).await?;
     assert_eq!(&bytes[..100], &[1u8; 100][..]);
     assert_eq!(&bytes[100..], &[3u8; 100][..]);
     // The object's own footer agrees with what was committed.
     let footer = read_object_index(&storage, &p0.object).await?;
-    assert_eq!(footer, commits.iter().map(|c| c.entry.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        footer,
+        commits.iter().map(|c| c.entry.clone()).collect::<Vec<_>>()
+    );
     assert_eq!(storage.list_objects().await?.len(), 1);
     storage.shutdown().await;
     Ok(())
@@ -83,12 +109,18 @@ async fn one_object_per_flush_holds_every_partition() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn refused_commit_fails_only_that_partition() -> anyhow::Result<()> {
-    let sink = Arc::new(RecordingSink { refuse_partition: Some(1), ..Default::default() });
+    let sink = Arc::new(RecordingSink {
+        refuse_partition: Some(1),
+        ..Default::default()
+    });
     let storage = ObjectStorage::start(open_object_store("memory://")?, config(), sink.clone());
     let a = storage.submit(batch(0, 0, 5, 1), storage.reserve(100).await?)?;
     let b = storage.submit(batch(1, 0, 5, 2), storage.reserve(100).await?)?;
     a.await??;
-    assert!(matches!(b.await?, Err(StorageError::Refused(CommitRefused::EpochFenced { .. }))));
+    assert!(matches!(
+        b.await?,
+        Err(StorageError::Refused(CommitRefused::EpochFenced { .. }))
+    ));
     storage.shutdown().await;
     Ok(())
 }
@@ -96,7 +128,10 @@ async fn refused_commit_fails_only_that_partition() -> anyhow::Result<()> {
 #[tokio::test]
 async fn gaps_and_discards_never_commit_out_of_order() -> anyhow::Result<()> {
     let sink = Arc::new(RecordingSink::default());
-    let cfg = StorageConfig { flush_interval: Duration::from_millis(200), ..config() };
+    let cfg = StorageConfig {
+        flush_interval: Duration::from_millis(200),
+        ..config()
+    };
     let storage = ObjectStorage::start(open_object_store("memory://")?, cfg, sink.clone());
     let first = storage.submit(batch(0, 0, 5, 1), storage.reserve(100).await?)?;
     // Offset 7 does not follow 4: it must be refused rather than indexed after a gap.
@@ -106,7 +141,11 @@ async fn gaps_and_discards_never_commit_out_of_order() -> anyhow::Result<()> {
     assert!(matches!(other.await?, Err(StorageError::Discarded)));
     first.await??;
     assert!(matches!(gap.await?, Err(StorageError::Discarded)));
-    let commits = sink.commits.lock().map_err(|e| anyhow::anyhow!("{e}"))?.concat();
+    let commits = sink
+        .commits
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .concat();
     assert_eq!(commits.len(), 1);
     assert_eq!(commits[0].entry.last_offset, 4);
     storage.shutdown().await;
@@ -116,13 +155,19 @@ async fn gaps_and_discards_never_commit_out_of_order() -> anyhow::Result<()> {
 #[tokio::test]
 async fn shutdown_flushes_and_then_refuses() -> anyhow::Result<()> {
     let sink = Arc::new(RecordingSink::default());
-    let cfg = StorageConfig { flush_interval: Duration::from_secs(60), ..config() };
+    let cfg = StorageConfig {
+        flush_interval: Duration::from_secs(60),
+        ..config()
+    };
     let storage = ObjectStorage::start(open_object_store("memory://")?, cfg, sink.clone());
     let t = storage.submit(batch(0, 0, 5, 1), storage.reserve(100).await?)?;
     storage.shutdown().await;
     t.await??;
     let r = storage.reserve(10).await?;
-    assert!(matches!(storage.submit(batch(0, 5, 1, 1), r), Err(StorageError::ShuttingDown)));
+    assert!(matches!(
+        storage.submit(batch(0, 5, 1, 1), r),
+        Err(StorageError::ShuttingDown)
+    ));
     Ok(())
 }
 
@@ -132,7 +177,9 @@ async fn local_files_are_written_under_the_root() -> anyhow::Result<()> {
     let url = format!("file://{}", dir.path().display());
     let sink = Arc::new(RecordingSink::default());
     let storage = ObjectStorage::start(open_object_store(&url)?, config(), sink);
-    storage.submit(batch(0, 0, 5, 1), storage.reserve(100).await?)?.await??;
+    storage
+        .submit(batch(0, 0, 5, 1), storage.reserve(100).await?)?
+        .await??;
     let objects = storage.list_objects().await?;
     assert_eq!(objects.len(), 1);
     assert!(dir.path().join(&objects[0]).is_file());

@@ -18,7 +18,9 @@ use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsResponse, DeleteRecordsTopicResult,
 };
 use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
-use kafka_protocol::messages::delete_topics_response::{DeletableTopicResult, DeleteTopicsResponse};
+use kafka_protocol::messages::delete_topics_response::{
+    DeletableTopicResult, DeleteTopicsResponse,
+};
 use kafka_protocol::messages::describe_cluster_request::DescribeClusterRequest;
 use kafka_protocol::messages::describe_cluster_response::{
     DescribeClusterBroker, DescribeClusterResponse,
@@ -42,7 +44,10 @@ pub async fn create_topic(
     let _admin = gw.admin.lock().await;
     if let Some(existing) = gw.registry.topic(name) {
         let _ = existing;
-        return Err((code(ResponseError::TopicAlreadyExists), format!("topic '{name}' already exists")));
+        return Err((
+            code(ResponseError::TopicAlreadyExists),
+            format!("topic '{name}' already exists"),
+        ));
     }
     let record = gw
         .meta
@@ -71,36 +76,72 @@ fn topic_configs(
     Ok(configs)
 }
 
-pub async fn create_topics(gw: &Gateway, version: i16, req: CreateTopicsRequest) -> CreateTopicsResponse {
+pub async fn create_topics(
+    gw: &Gateway,
+    version: i16,
+    req: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let mut results = Vec::new();
     for t in req.topics {
         let name = t.name.0.to_string();
         let mut result = CreatableTopicResult::default().with_name(t.name.clone());
-        let partitions = if t.num_partitions == -1 { gw.config.default_partitions } else { t.num_partitions };
-        let replication = if t.replication_factor == -1 { 1 } else { t.replication_factor };
-        let configs = topic_configs(t.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))));
-        let error: Option<(ResponseError, String)> = if let Err(msg) = config::validate_topic_name(&name) {
-            Some((ResponseError::InvalidTopicException, msg))
-        } else if !t.assignments.is_empty() {
-            if t.num_partitions != -1 || t.replication_factor != -1 {
-                Some((ResponseError::InvalidRequest, "set assignments or counts, not both".into()))
+        let partitions = if t.num_partitions == -1 {
+            gw.config.default_partitions
+        } else {
+            t.num_partitions
+        };
+        let replication = if t.replication_factor == -1 {
+            1
+        } else {
+            t.replication_factor
+        };
+        let configs = topic_configs(
+            t.configs
+                .iter()
+                .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))),
+        );
+        let error: Option<(ResponseError, String)> =
+            if let Err(msg) = config::validate_topic_name(&name) {
+                Some((ResponseError::InvalidTopicException, msg))
+            } else if !t.assignments.is_empty() {
+                if t.num_partitions != -1 || t.replication_factor != -1 {
+                    Some((
+                        ResponseError::InvalidRequest,
+                        "set assignments or counts, not both".into(),
+                    ))
+                } else {
+                    None
+                }
+            } else if partitions < 1 {
+                Some((
+                    ResponseError::InvalidPartitions,
+                    format!("number of partitions must be at least 1, got {partitions}"),
+                ))
+            } else if partitions > 100_000 {
+                Some((
+                    ResponseError::InvalidPartitions,
+                    "number of partitions must be at most 100000".into(),
+                ))
+            } else if replication < 1 {
+                Some((
+                    ResponseError::InvalidReplicationFactor,
+                    "replication factor must be at least 1".into(),
+                ))
+            } else if let Err(msg) = &configs {
+                Some((ResponseError::InvalidConfig, msg.clone()))
+            } else if gw.registry.topic(&name).is_some() {
+                Some((
+                    ResponseError::TopicAlreadyExists,
+                    format!("topic '{name}' already exists"),
+                ))
             } else {
                 None
-            }
-        } else if partitions < 1 {
-            Some((ResponseError::InvalidPartitions, format!("number of partitions must be at least 1, got {partitions}")))
-        } else if partitions > 100_000 {
-            Some((ResponseError::InvalidPartitions, "number of partitions must be at most 100000".into()))
-        } else if replication < 1 {
-            Some((ResponseError::InvalidReplicationFactor, "replication factor must be at least 1".into()))
-        } else if let Err(msg) = &configs {
-            Some((ResponseError::InvalidConfig, msg.clone()))
-        } else if gw.registry.topic(&name).is_some() {
-            Some((ResponseError::TopicAlreadyExists, format!("topic '{name}' already exists")))
+            };
+        let partitions = if t.assignments.is_empty() {
+            partitions
         } else {
-            None
+            t.assignments.len() as i32
         };
-        let partitions = if t.assignments.is_empty() { partitions } else { t.assignments.len() as i32 };
         if let Some((e, msg)) = error {
             result = result.with_error_code(code(e));
             if version >= 1 {
@@ -113,7 +154,9 @@ pub async fn create_topics(gw: &Gateway, version: i16, req: CreateTopicsRequest)
         let outcome = if req.validate_only {
             Ok(None)
         } else {
-            create_topic(gw, &name, partitions, configs.clone()).await.map(Some)
+            create_topic(gw, &name, partitions, configs.clone())
+                .await
+                .map(Some)
         };
         match outcome {
             Ok(topic) => {
@@ -146,7 +189,7 @@ fn describe_topic_configs(configs: &BTreeMap<String, String>) -> Vec<CreatableTo
         .iter()
         .map(|d| {
             let (value, source) = match configs.get(d.name) {
-                Some(v) => (v.clone(), 1), // DYNAMIC_TOPIC_CONFIG
+                Some(v) => (v.clone(), 1),          // DYNAMIC_TOPIC_CONFIG
                 None => (d.default.to_string(), 5), // DEFAULT_CONFIG
             };
             CreatableTopicConfigs::default()
@@ -157,11 +200,22 @@ fn describe_topic_configs(configs: &BTreeMap<String, String>) -> Vec<CreatableTo
         .collect()
 }
 
-pub async fn delete_topics(gw: &Gateway, version: i16, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub async fn delete_topics(
+    gw: &Gateway,
+    version: i16,
+    req: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     // v6 names topics by name or id in `topics`; earlier versions list names.
-    let mut targets: Vec<(Option<String>, uuid::Uuid)> =
-        req.topic_names.iter().map(|n| (Some(n.0.to_string()), uuid::Uuid::nil())).collect();
-    targets.extend(req.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)));
+    let mut targets: Vec<(Option<String>, uuid::Uuid)> = req
+        .topic_names
+        .iter()
+        .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+        .collect();
+    targets.extend(
+        req.topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
+    );
     let mut responses = Vec::new();
     for (name, id) in targets {
         let topic = match &name {
@@ -174,7 +228,11 @@ pub async fn delete_topics(gw: &Gateway, version: i16, req: DeleteTopicsRequest)
             result = result.with_topic_id(id);
         }
         let Some(topic) = topic else {
-            let e = if name.is_some() { ResponseError::UnknownTopicOrPartition } else { ResponseError::UnknownTopicId };
+            let e = if name.is_some() {
+                ResponseError::UnknownTopicOrPartition
+            } else {
+                ResponseError::UnknownTopicId
+            };
             responses.push(result.with_error_code(code(e)));
             continue;
         };
@@ -199,10 +257,17 @@ pub async fn delete_topics(gw: &Gateway, version: i16, req: DeleteTopicsRequest)
 
 async fn delete_topic(gw: &Gateway, topic: &Topic) -> Result<(), (i16, String)> {
     let _admin = gw.admin.lock().await;
-    let (_, dead) = gw.meta.delete_topic(&topic.name).await.map_err(|e| (metadata_error_code(&e), e.to_string()))?;
+    let (_, dead) = gw
+        .meta
+        .delete_topic(&topic.name)
+        .await
+        .map_err(|e| (metadata_error_code(&e), e.to_string()))?;
     gw.registry.remove(&topic.name);
     for p in 0..topic.partition_count() {
-        gw.storage.discard(TopicPartition { topic_id: topic.id, partition: p });
+        gw.storage.discard(TopicPartition {
+            topic_id: topic.id,
+            partition: p,
+        });
     }
     gw.storage.delete_objects(dead).await;
     tracing::info!(topic = %topic.name, id = %topic.id, "topic deleted");
@@ -259,14 +324,20 @@ pub async fn create_partitions(
         }
         .await;
         if let Err((e, msg)) = outcome {
-            result = result.with_error_code(code(e)).with_error_message(message(msg));
+            result = result
+                .with_error_code(code(e))
+                .with_error_message(message(msg));
         }
         results.push(result);
     }
     CreatePartitionsResponse::default().with_results(results)
 }
 
-pub async fn delete_records(gw: &Gateway, _version: i16, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+pub async fn delete_records(
+    gw: &Gateway,
+    _version: i16,
+    req: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
     let mut topics = Vec::new();
     for t in req.topics {
         let topic = gw.registry.topic(&t.name.0);
@@ -276,7 +347,8 @@ pub async fn delete_records(gw: &Gateway, _version: i16, req: DeleteRecordsReque
                 .with_partition_index(p.partition_index)
                 .with_low_watermark(-1);
             let Some(log) = topic.as_ref().and_then(|t| t.partition(p.partition_index)) else {
-                partitions.push(result.with_error_code(code(ResponseError::UnknownTopicOrPartition)));
+                partitions
+                    .push(result.with_error_code(code(ResponseError::UnknownTopicOrPartition)));
                 continue;
             };
             let (hw, start) = {
@@ -302,20 +374,36 @@ pub async fn delete_records(gw: &Gateway, _version: i16, req: DeleteRecordsReque
             }
             partitions.push(result);
         }
-        topics.push(DeleteRecordsTopicResult::default().with_name(t.name).with_partitions(partitions));
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
     }
     DeleteRecordsResponse::default().with_topics(topics)
 }
 
-pub async fn init_producer_id(gw: &Gateway, version: i16, req: InitProducerIdRequest) -> InitProducerIdResponse {
-    let resp = InitProducerIdResponse::default().with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
-    if req.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
+pub async fn init_producer_id(
+    gw: &Gateway,
+    version: i16,
+    req: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let resp = InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    if req
+        .transactional_id
+        .as_ref()
+        .is_some_and(|t| !t.0.is_empty())
+    {
         // Transactions are not implemented: refuse clearly rather than half-work.
         return resp.with_error_code(code(ResponseError::TransactionalIdAuthorizationFailed));
     }
     // KIP-360: an idempotent producer may ask to bump its epoch after an error.
     if version >= 3 && req.producer_id.0 >= 0 && (0..i16::MAX - 1).contains(&req.producer_epoch) {
-        return resp.with_producer_id(req.producer_id).with_producer_epoch(req.producer_epoch + 1);
+        return resp
+            .with_producer_id(req.producer_id)
+            .with_producer_epoch(req.producer_epoch + 1);
     }
     match gw.meta.allocate_producer_id().await {
         Ok(id) => resp.with_producer_id(ProducerId(id)).with_producer_epoch(0),
@@ -323,7 +411,11 @@ pub async fn init_producer_id(gw: &Gateway, version: i16, req: InitProducerIdReq
     }
 }
 
-pub fn describe_cluster(gw: &Gateway, _version: i16, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+pub fn describe_cluster(
+    gw: &Gateway,
+    _version: i16,
+    _req: DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let broker = DescribeClusterBroker::default()
         .with_broker_id(BrokerId(gw.config.node_id))
         .with_host(StrBytes::from_string(gw.config.advertised_host.clone()))

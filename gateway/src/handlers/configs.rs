@@ -56,20 +56,38 @@ fn entry(
 
 fn broker_configs(gw: &Gateway) -> Vec<(&'static str, String, i8)> {
     vec![
-        ("auto.create.topics.enable", gw.config.auto_create_topics.to_string(), 1),
-        ("num.partitions", gw.config.default_partitions.to_string(), 3),
-        ("socket.request.max.bytes", gw.config.max_request_bytes.to_string(), 3),
+        (
+            "auto.create.topics.enable",
+            gw.config.auto_create_topics.to_string(),
+            1,
+        ),
+        (
+            "num.partitions",
+            gw.config.default_partitions.to_string(),
+            3,
+        ),
+        (
+            "socket.request.max.bytes",
+            gw.config.max_request_bytes.to_string(),
+            3,
+        ),
         ("message.max.bytes", "1048588".to_string(), 3),
         ("default.replication.factor", "1".to_string(), 3),
         ("log.retention.ms", "604800000".to_string(), 5),
     ]
 }
 
-pub fn describe(gw: &Gateway, version: i16, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+pub fn describe(
+    gw: &Gateway,
+    version: i16,
+    req: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
     let mut results = Vec::new();
     for r in req.resources {
         let wanted = |name: &str| {
-            r.configuration_keys.as_ref().is_none_or(|keys| keys.is_empty() || keys.iter().any(|k| k.as_str() == name))
+            r.configuration_keys
+                .as_ref()
+                .is_none_or(|keys| keys.is_empty() || keys.iter().any(|k| k.as_str() == name))
         };
         let mut result = DescribeConfigsResult::default()
             .with_resource_type(r.resource_type)
@@ -86,7 +104,14 @@ pub fn describe(gw: &Gateway, version: i16, req: DescribeConfigsRequest) -> Desc
                                 Some(v) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
                                 None => (d.default.to_string(), SOURCE_DEFAULT),
                             };
-                            entry(version, req.include_synonyms, d.name, value, source, d.kind as i8)
+                            entry(
+                                version,
+                                req.include_synonyms,
+                                d.name,
+                                value,
+                                source,
+                                d.kind as i8,
+                            )
                         })
                         .collect();
                     result = result.with_configs(configs);
@@ -94,14 +119,26 @@ pub fn describe(gw: &Gateway, version: i16, req: DescribeConfigsRequest) -> Desc
                 None => {
                     result = result
                         .with_error_code(code(ResponseError::UnknownTopicOrPartition))
-                        .with_error_message(message(format!("unknown topic '{}'", r.resource_name)));
+                        .with_error_message(message(format!(
+                            "unknown topic '{}'",
+                            r.resource_name
+                        )));
                 }
             },
             BROKER => {
                 let configs = broker_configs(gw)
                     .into_iter()
                     .filter(|(n, _, _)| wanted(n))
-                    .map(|(n, v, kind)| entry(version, req.include_synonyms, n, v, SOURCE_STATIC_BROKER, kind))
+                    .map(|(n, v, kind)| {
+                        entry(
+                            version,
+                            req.include_synonyms,
+                            n,
+                            v,
+                            SOURCE_STATIC_BROKER,
+                            kind,
+                        )
+                    })
                     .collect();
                 result = result.with_configs(configs);
             }
@@ -124,10 +161,10 @@ async fn store_configs(
     configs: BTreeMap<String, String>,
     validate_only: bool,
 ) -> Result<(), (ResponseError, String)> {
-    let topic = gw
-        .registry
-        .topic(name)
-        .ok_or((ResponseError::UnknownTopicOrPartition, format!("unknown topic '{name}'")))?;
+    let topic = gw.registry.topic(name).ok_or((
+        ResponseError::UnknownTopicOrPartition,
+        format!("unknown topic '{name}'"),
+    ))?;
     for (k, v) in &configs {
         config::validate(k, v).map_err(|m| (ResponseError::InvalidConfig, m))?;
     }
@@ -151,7 +188,10 @@ fn resource_check(resource_type: i8) -> Result<(), (ResponseError, String)> {
             ResponseError::InvalidRequest,
             "broker settings are set on the weir command line, not through AlterConfigs".into(),
         )),
-        other => Err((ResponseError::InvalidRequest, format!("unsupported resource type {other}"))),
+        other => Err((
+            ResponseError::InvalidRequest,
+            format!("unsupported resource type {other}"),
+        )),
     }
 }
 
@@ -174,7 +214,9 @@ pub async fn alter(gw: &Gateway, _version: i16, req: AlterConfigsRequest) -> Alt
             .with_resource_type(r.resource_type)
             .with_resource_name(r.resource_name.clone());
         if let Err((e, msg)) = outcome {
-            resp = resp.with_error_code(code(e)).with_error_message(message(msg));
+            resp = resp
+                .with_error_code(code(e))
+                .with_error_message(message(msg));
         }
         responses.push(resp);
     }
@@ -198,13 +240,18 @@ pub async fn incremental_alter(
             let mut configs = topic.record().configs;
             for c in &r.configs {
                 let name = c.name.to_string();
-                let def = config::lookup(&name)
-                    .ok_or((ResponseError::InvalidConfig, format!("unknown topic config name: {name}")))?;
+                let def = config::lookup(&name).ok_or((
+                    ResponseError::InvalidConfig,
+                    format!("unknown topic config name: {name}"),
+                ))?;
                 let value = c.value.as_ref().map(|v| v.to_string());
                 match c.config_operation {
                     0 => {
                         // SET
-                        let v = value.ok_or((ResponseError::InvalidConfig, format!("null value for {name}")))?;
+                        let v = value.ok_or((
+                            ResponseError::InvalidConfig,
+                            format!("null value for {name}"),
+                        ))?;
                         configs.insert(name, v);
                     }
                     1 => {
@@ -214,12 +261,26 @@ pub async fn incremental_alter(
                     2 | 3 => {
                         // APPEND / SUBTRACT on list configs
                         if def.kind != config::ConfigType::List {
-                            return Err((ResponseError::InvalidConfig, format!("{name} is not a list config")));
+                            return Err((
+                                ResponseError::InvalidConfig,
+                                format!("{name} is not a list config"),
+                            ));
                         }
-                        let current = configs.get(&name).cloned().unwrap_or_else(|| def.default.to_string());
-                        let mut items: Vec<String> =
-                            current.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-                        for v in value.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                        let current = configs
+                            .get(&name)
+                            .cloned()
+                            .unwrap_or_else(|| def.default.to_string());
+                        let mut items: Vec<String> = current
+                            .split(',')
+                            .map(|s| s.trim().to_string())
+                            .filter(|s| !s.is_empty())
+                            .collect();
+                        for v in value
+                            .unwrap_or_default()
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                        {
                             if c.config_operation == 2 {
                                 if !items.iter().any(|i| i == v) {
                                     items.push(v.to_string());
@@ -231,7 +292,10 @@ pub async fn incremental_alter(
                         configs.insert(name, items.join(","));
                     }
                     other => {
-                        return Err((ResponseError::InvalidRequest, format!("unknown config operation {other}")))
+                        return Err((
+                            ResponseError::InvalidRequest,
+                            format!("unknown config operation {other}"),
+                        ))
                     }
                 }
             }
@@ -242,7 +306,9 @@ pub async fn incremental_alter(
             .with_resource_type(r.resource_type)
             .with_resource_name(r.resource_name.clone());
         if let Err((e, msg)) = outcome {
-            resp = resp.with_error_code(code(e)).with_error_message(message(msg));
+            resp = resp
+                .with_error_code(code(e))
+                .with_error_message(message(msg));
         }
         responses.push(resp);
     }

@@ -57,7 +57,10 @@ pub struct FetchSessions {
 
 impl FetchSessions {
     pub fn new(max: usize) -> Self {
-        FetchSessions { max, inner: Mutex::new((0, HashMap::new())) }
+        FetchSessions {
+            max,
+            inner: Mutex::new((0, HashMap::new())),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (i32, HashMap<i32, Session>)> {
@@ -96,8 +99,14 @@ pub async fn handle(gw: &Arc<Gateway>, version: i16, req: FetchRequest) -> Fetch
         .forgotten_topics_data
         .iter()
         .flat_map(|f| {
-            let name = if use_ids { String::new() } else { f.topic.0.to_string() };
-            f.partitions.iter().map(move |p| (name.clone(), f.topic_id, *p))
+            let name = if use_ids {
+                String::new()
+            } else {
+                f.topic.0.to_string()
+            };
+            f.partitions
+                .iter()
+                .map(move |p| (name.clone(), f.topic_id, *p))
         })
         .collect();
 
@@ -108,7 +117,9 @@ pub async fn handle(gw: &Arc<Gateway>, version: i16, req: FetchRequest) -> Fetch
         match session_begin(gw, req.session_id, req.session_epoch, requested, &forgotten) {
             Ok(s) => s,
             Err(e) => {
-                return FetchResponse::default().with_error_code(code(e)).with_session_id(0);
+                return FetchResponse::default()
+                    .with_error_code(code(e))
+                    .with_session_id(0);
             }
         }
     };
@@ -121,9 +132,13 @@ pub async fn handle(gw: &Arc<Gateway>, version: i16, req: FetchRequest) -> Fetch
     let results = loop {
         changes.borrow_and_update();
         let results = read_all(gw, &wanted, max_bytes).await;
-        let bytes: usize = results.iter().map(|r| r.1.records.as_ref().map_or(0, |b| b.len())).sum();
+        let bytes: usize = results
+            .iter()
+            .map(|r| r.1.records.as_ref().map_or(0, |b| b.len()))
+            .sum();
         let errors = results.iter().any(|r| r.1.error_code != 0);
-        if bytes >= min_bytes || errors || tokio::time::Instant::now() >= deadline {
+        let closing = gw.registry.is_closing();
+        if bytes >= min_bytes || errors || closing || tokio::time::Instant::now() >= deadline {
             break results;
         }
         match tokio::time::timeout_at(deadline, changes.changed()).await {
@@ -186,30 +201,58 @@ fn session_begin(
         0 => {
             sessions.remove(&session_id);
             if sessions.len() >= gw.sessions.max {
-                if let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.last_used).map(|(id, _)| *id) {
+                if let Some(oldest) = sessions
+                    .iter()
+                    .min_by_key(|(_, s)| s.last_used)
+                    .map(|(id, _)| *id)
+                {
                     sessions.remove(&oldest);
                 }
             }
             *next_id = next_id.wrapping_add(1).max(1);
             let id = *next_id;
-            let partitions = requested.iter().map(|w| SessionPartition { wanted: w.clone(), last_sent: None }).collect();
-            sessions.insert(id, Session { epoch: 1, partitions, last_used: Instant::now() });
+            let partitions = requested
+                .iter()
+                .map(|w| SessionPartition {
+                    wanted: w.clone(),
+                    last_sent: None,
+                })
+                .collect();
+            sessions.insert(
+                id,
+                Session {
+                    epoch: 1,
+                    partitions,
+                    last_used: Instant::now(),
+                },
+            );
             Ok((id, false, requested))
         }
         _ => {
-            let session = sessions.get_mut(&session_id).ok_or(ResponseError::FetchSessionIdNotFound)?;
+            let session = sessions
+                .get_mut(&session_id)
+                .ok_or(ResponseError::FetchSessionIdNotFound)?;
             if session.epoch != epoch {
                 return Err(ResponseError::InvalidFetchSessionEpoch);
             }
             session.epoch = if epoch == i32::MAX { 1 } else { epoch + 1 };
             session.last_used = Instant::now();
             for w in requested {
-                match session.partitions.iter_mut().find(|p| key(&p.wanted) == key(&w)) {
+                match session
+                    .partitions
+                    .iter_mut()
+                    .find(|p| key(&p.wanted) == key(&w))
+                {
                     Some(p) => p.wanted = w,
-                    None => session.partitions.push(SessionPartition { wanted: w, last_sent: None }),
+                    None => session.partitions.push(SessionPartition {
+                        wanted: w,
+                        last_sent: None,
+                    }),
                 }
             }
-            session.partitions.retain(|p| !forgotten.contains(&key(&p.wanted)));
+            session
+                .partitions
+                .retain(|p| !forgotten.contains(&key(&p.wanted)));
             // Re-resolve topics: a topic may have been created or deleted since.
             for p in &mut session.partitions {
                 p.wanted.topic = if p.wanted.name.is_empty() {
@@ -218,7 +261,15 @@ fn session_begin(
                     gw.registry.topic(&p.wanted.name)
                 };
             }
-            Ok((session_id, true, session.partitions.iter().map(|p| p.wanted.clone()).collect()))
+            Ok((
+                session_id,
+                true,
+                session
+                    .partitions
+                    .iter()
+                    .map(|p| p.wanted.clone())
+                    .collect(),
+            ))
         }
     }
 }
@@ -232,12 +283,17 @@ fn session_filter(
     results: Vec<(Wanted, PartitionData)>,
 ) -> Vec<(Wanted, PartitionData)> {
     let mut guard = gw.sessions.lock();
-    let Some(session) = guard.1.get_mut(&session_id) else { return results };
+    let Some(session) = guard.1.get_mut(&session_id) else {
+        return results;
+    };
     let mut out = Vec::new();
     for (w, data) in results {
         let state = (data.high_watermark, data.log_start_offset);
         let has_records = data.records.as_ref().is_some_and(|r| !r.is_empty());
-        let entry = session.partitions.iter_mut().find(|p| key(&p.wanted) == key(&w));
+        let entry = session
+            .partitions
+            .iter_mut()
+            .find(|p| key(&p.wanted) == key(&w));
         let changed = match &entry {
             Some(p) => p.last_sent != Some(state),
             None => true,
@@ -252,7 +308,11 @@ fn session_filter(
     out
 }
 
-async fn read_all(gw: &Gateway, wanted: &[Wanted], max_bytes: usize) -> Vec<(Wanted, PartitionData)> {
+async fn read_all(
+    gw: &Gateway,
+    wanted: &[Wanted],
+    max_bytes: usize,
+) -> Vec<(Wanted, PartitionData)> {
     let mut budget = max_bytes;
     let mut first = true;
     let mut out = Vec::with_capacity(wanted.len());
@@ -263,20 +323,38 @@ async fn read_all(gw: &Gateway, wanted: &[Wanted], max_bytes: usize) -> Vec<(Wan
     out
 }
 
-async fn read_partition(gw: &Gateway, w: &Wanted, budget: &mut usize, first: &mut bool) -> PartitionData {
+async fn read_partition(
+    gw: &Gateway,
+    w: &Wanted,
+    budget: &mut usize,
+    first: &mut bool,
+) -> PartitionData {
     let base = PartitionData::default().with_partition_index(w.partition);
-    let missing = if w.name.is_empty() { ResponseError::UnknownTopicId } else { ResponseError::UnknownTopicOrPartition };
+    let missing = if w.name.is_empty() {
+        ResponseError::UnknownTopicId
+    } else {
+        ResponseError::UnknownTopicOrPartition
+    };
     let Some(log) = w.topic.as_ref().and_then(|t| t.partition(w.partition)) else {
-        return base.with_error_code(code(missing)).with_high_watermark(-1).with_last_stable_offset(-1);
+        return base
+            .with_error_code(code(missing))
+            .with_high_watermark(-1)
+            .with_last_stable_offset(-1);
     };
     let (hw, log_start, deleted) = {
         let s = log.lock();
         (s.high_watermark, s.log_start, s.deleted)
     };
     if deleted {
-        return base.with_error_code(code(missing)).with_high_watermark(-1).with_last_stable_offset(-1);
+        return base
+            .with_error_code(code(missing))
+            .with_high_watermark(-1)
+            .with_last_stable_offset(-1);
     }
-    let base = base.with_high_watermark(hw).with_last_stable_offset(hw).with_log_start_offset(log_start);
+    let base = base
+        .with_high_watermark(hw)
+        .with_last_stable_offset(hw)
+        .with_log_start_offset(log_start);
     if w.fetch_offset < log_start || w.fetch_offset > hw {
         return base.with_error_code(code(ResponseError::OffsetOutOfRange));
     }
@@ -296,7 +374,8 @@ async fn read_partition(gw: &Gateway, w: &Wanted, budget: &mut usize, first: &mu
             // The data may have been removed by retention meanwhile.
             let start = log.lock().log_start;
             if w.fetch_offset < start {
-                base.with_error_code(code(ResponseError::OffsetOutOfRange)).with_log_start_offset(start)
+                base.with_error_code(code(ResponseError::OffsetOutOfRange))
+                    .with_log_start_offset(start)
             } else {
                 tracing::warn!(tp = %log.tp, offset = w.fetch_offset, error = %e, "fetch read failed");
                 base.with_error_code(code(ResponseError::KafkaStorageError))
@@ -306,7 +385,11 @@ async fn read_partition(gw: &Gateway, w: &Wanted, budget: &mut usize, first: &mu
 }
 
 /// Index entries from `offset`: from the in-memory tail when it covers it, else the store.
-async fn entries_from(gw: &Gateway, log: &PartitionLog, offset: Offset) -> Result<Vec<IndexEntry>, String> {
+async fn entries_from(
+    gw: &Gateway,
+    log: &PartitionLog,
+    offset: Offset,
+) -> Result<Vec<IndexEntry>, String> {
     {
         let s = log.lock();
         if s.recent.front().is_some_and(|e| e.base_offset <= offset) {
@@ -319,7 +402,10 @@ async fn entries_from(gw: &Gateway, log: &PartitionLog, offset: Offset) -> Resul
                 .collect());
         }
     }
-    gw.meta.index_from(log.tp, offset, ENTRIES_PER_READ).await.map_err(|e| e.to_string())
+    gw.meta
+        .index_from(log.tp, offset, ENTRIES_PER_READ)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Reads whole batches starting at the one holding `offset`, below `hw`, up to `limit` bytes

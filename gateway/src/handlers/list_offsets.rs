@@ -19,7 +19,11 @@ const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
 
-pub async fn handle(gw: &Arc<Gateway>, version: i16, req: ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    version: i16,
+    req: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let mut topics = Vec::new();
     for t in req.topics {
         let topic = gw.registry.topic(&t.name.0);
@@ -56,7 +60,11 @@ pub async fn handle(gw: &Arc<Gateway>, version: i16, req: ListOffsetsRequest) ->
             }
             partitions.push(resp);
         }
-        topics.push(ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(partitions));
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
     }
     ListOffsetsResponse::default().with_topics(topics)
 }
@@ -122,7 +130,11 @@ async fn find_in_entry(
             return Ok(Some((h.max_timestamp, h.base_offset.max(start))));
         }
         if h.compression() != 0 {
-            let ts = if hit(h.first_timestamp) { h.first_timestamp } else { h.max_timestamp };
+            let ts = if hit(h.first_timestamp) {
+                h.first_timestamp
+            } else {
+                h.max_timestamp
+            };
             return Ok(Some((ts, h.base_offset.max(start))));
         }
         let times = batch::record_times(&bytes[pos..pos + h.size], &h);

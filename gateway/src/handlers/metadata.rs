@@ -24,7 +24,8 @@ pub async fn handle(gw: &Arc<Gateway>, version: i16, req: MetadataRequest) -> Me
         broker = broker.with_rack(None);
     }
     // Before v4 a Metadata request always allowed auto-creation.
-    let allow_create = gw.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    let allow_create =
+        gw.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
     let mut topics = Vec::new();
     match req.topics {
         // v0: an empty list means all topics; v1+: null means all topics.
@@ -48,11 +49,13 @@ pub async fn handle(gw: &Arc<Gateway>, version: i16, req: MetadataRequest) -> Me
                             Err((n, code(ResponseError::InvalidTopicException)))
                         } else if allow_create {
                             let partitions = gw.config.default_partitions;
-                            match admin::create_topic(gw, &n, partitions, Default::default()).await {
+                            match admin::create_topic(gw, &n, partitions, Default::default()).await
+                            {
                                 Ok(t) => Ok(t),
-                                Err((c, _)) if c == code(ResponseError::TopicAlreadyExists) => {
-                                    gw.registry.topic(&n).ok_or((n, code(ResponseError::LeaderNotAvailable)))
-                                }
+                                Err((c, _)) if c == code(ResponseError::TopicAlreadyExists) => gw
+                                    .registry
+                                    .topic(&n)
+                                    .ok_or((n, code(ResponseError::LeaderNotAvailable))),
                                 Err((c, _)) => Err((n, c)),
                             }
                         } else {
@@ -77,7 +80,9 @@ pub async fn handle(gw: &Arc<Gateway>, version: i16, req: MetadataRequest) -> Me
             }
         }
     }
-    let mut resp = MetadataResponse::default().with_brokers(vec![broker]).with_topics(topics);
+    let mut resp = MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_topics(topics);
     if version >= 1 {
         resp = resp.with_controller_id(node);
     }
@@ -95,7 +100,10 @@ fn describe(gw: &Gateway, version: i16, topic: &Topic) -> MetadataResponseTopic 
     let node = BrokerId(gw.config.node_id);
     let partitions = (0..topic.partition_count())
         .map(|p| {
-            let epoch = topic.partition(p).map(|l| l.lock().leader_epoch).unwrap_or(0);
+            let epoch = topic
+                .partition(p)
+                .map(|l| l.lock().leader_epoch)
+                .unwrap_or(0);
             let mut part = MetadataResponsePartition::default()
                 .with_partition_index(p)
                 .with_leader_id(node)

@@ -38,7 +38,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 
 /// Whether `version` of `key` is implemented.
 pub fn is_supported(key: ApiKey, version: i16) -> bool {
-    SUPPORTED.iter().any(|&(k, min, max)| k == key && (min..=max).contains(&version))
+    SUPPORTED
+        .iter()
+        .any(|&(k, min, max)| k == key && (min..=max).contains(&version))
 }
 
 /// What a handler knows about the request it serves.
@@ -59,7 +61,11 @@ fn ready(response: ResponseKind) -> (Pending, bool) {
 
 /// Starts handling a decoded request. Produce is begun right away (offsets assigned in
 /// arrival order) and returned as pipelined; everything else is a lazy barrier future.
-pub async fn handle(gateway: &Arc<Gateway>, ctx: &RequestContext, request: RequestKind) -> (Pending, bool) {
+pub async fn handle(
+    gateway: &Arc<Gateway>,
+    ctx: &RequestContext,
+    request: RequestKind,
+) -> (Pending, bool) {
     let gw = gateway.clone();
     let v = ctx.version;
     match request {
@@ -70,48 +76,78 @@ pub async fn handle(gateway: &Arc<Gateway>, ctx: &RequestContext, request: Reque
             true,
         ),
         RequestKind::ListOffsets(req) => (
-            Box::pin(async move { Some(ResponseKind::ListOffsets(list_offsets::handle(&gw, v, req).await)) }),
+            Box::pin(async move {
+                Some(ResponseKind::ListOffsets(
+                    list_offsets::handle(&gw, v, req).await,
+                ))
+            }),
             true,
         ),
         RequestKind::Metadata(req) => (
-            Box::pin(async move { Some(ResponseKind::Metadata(metadata::handle(&gw, v, req).await)) }),
+            Box::pin(
+                async move { Some(ResponseKind::Metadata(metadata::handle(&gw, v, req).await)) },
+            ),
             true,
         ),
         RequestKind::CreateTopics(req) => (
-            Box::pin(async move { Some(ResponseKind::CreateTopics(admin::create_topics(&gw, v, req).await)) }),
+            Box::pin(async move {
+                Some(ResponseKind::CreateTopics(
+                    admin::create_topics(&gw, v, req).await,
+                ))
+            }),
             true,
         ),
         RequestKind::DeleteTopics(req) => (
-            Box::pin(async move { Some(ResponseKind::DeleteTopics(admin::delete_topics(&gw, v, req).await)) }),
+            Box::pin(async move {
+                Some(ResponseKind::DeleteTopics(
+                    admin::delete_topics(&gw, v, req).await,
+                ))
+            }),
             true,
         ),
         RequestKind::CreatePartitions(req) => (
             Box::pin(async move {
-                Some(ResponseKind::CreatePartitions(admin::create_partitions(&gw, v, req).await))
+                Some(ResponseKind::CreatePartitions(
+                    admin::create_partitions(&gw, v, req).await,
+                ))
             }),
             true,
         ),
         RequestKind::DeleteRecords(req) => (
-            Box::pin(async move { Some(ResponseKind::DeleteRecords(admin::delete_records(&gw, v, req).await)) }),
+            Box::pin(async move {
+                Some(ResponseKind::DeleteRecords(
+                    admin::delete_records(&gw, v, req).await,
+                ))
+            }),
             true,
         ),
         RequestKind::InitProducerId(req) => (
             Box::pin(async move {
-                Some(ResponseKind::InitProducerId(admin::init_producer_id(&gw, v, req).await))
+                Some(ResponseKind::InitProducerId(
+                    admin::init_producer_id(&gw, v, req).await,
+                ))
             }),
             true,
         ),
-        RequestKind::DescribeCluster(req) => {
-            ready(ResponseKind::DescribeCluster(admin::describe_cluster(gateway, v, req)))
-        }
-        RequestKind::DescribeConfigs(req) => ready(ResponseKind::DescribeConfigs(configs::describe(gateway, v, req))),
+        RequestKind::DescribeCluster(req) => ready(ResponseKind::DescribeCluster(
+            admin::describe_cluster(gateway, v, req),
+        )),
+        RequestKind::DescribeConfigs(req) => ready(ResponseKind::DescribeConfigs(
+            configs::describe(gateway, v, req),
+        )),
         RequestKind::AlterConfigs(req) => (
-            Box::pin(async move { Some(ResponseKind::AlterConfigs(configs::alter(&gw, v, req).await)) }),
+            Box::pin(async move {
+                Some(ResponseKind::AlterConfigs(
+                    configs::alter(&gw, v, req).await,
+                ))
+            }),
             true,
         ),
         RequestKind::IncrementalAlterConfigs(req) => (
             Box::pin(async move {
-                Some(ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(&gw, v, req).await))
+                Some(ResponseKind::IncrementalAlterConfigs(
+                    configs::incremental_alter(&gw, v, req).await,
+                ))
             }),
             true,
         ),

@@ -65,7 +65,8 @@ fn batch_error(e: &BatchError) -> ResponseError {
 /// Starts a produce request; the returned future resolves to its response.
 pub async fn begin(gw: &Arc<Gateway>, version: i16, req: ProduceRequest) -> Pending {
     let acks = req.acks;
-    let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).clamp(1, 300_000));
+    let timeout =
+        Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).clamp(1, 300_000));
     let mut topics: Vec<(TopicName, Vec<Outcome>)> = Vec::new();
     for t in req.topic_data {
         let topic = gw.registry.topic(&t.name.0);
@@ -73,11 +74,22 @@ pub async fn begin(gw: &Arc<Gateway>, version: i16, req: ProduceRequest) -> Pend
         for p in t.partition_data {
             let index = p.index;
             if !matches!(acks, -1..=1) {
-                outcomes.push(Outcome::Done(error_response(index, ResponseError::InvalidRequiredAcks, None)));
+                outcomes.push(Outcome::Done(error_response(
+                    index,
+                    ResponseError::InvalidRequiredAcks,
+                    None,
+                )));
                 continue;
             }
-            let Some((topic, log)) = topic.as_ref().and_then(|t| t.partition(index).map(|l| (t, l))) else {
-                outcomes.push(Outcome::Done(error_response(index, ResponseError::UnknownTopicOrPartition, None)));
+            let Some((topic, log)) = topic
+                .as_ref()
+                .and_then(|t| t.partition(index).map(|l| (t, l)))
+            else {
+                outcomes.push(Outcome::Done(error_response(
+                    index,
+                    ResponseError::UnknownTopicOrPartition,
+                    None,
+                )));
                 continue;
             };
             let records = p.records.unwrap_or_default();
@@ -115,14 +127,24 @@ async fn append(
     };
     let reservation = match gw.storage.reserve(records.len()).await {
         Ok(r) => r,
-        Err(_) => return Outcome::Done(error_response(index, ResponseError::KafkaStorageError, None)),
+        Err(_) => {
+            return Outcome::Done(error_response(
+                index,
+                ResponseError::KafkaStorageError,
+                None,
+            ))
+        }
     };
     // The one copy on the produce path: the request buffer is shared, offsets are patched here.
     let mut data = BytesMut::from(&records[..]);
     let now = weir_common::now_ms();
     let mut state = log.lock();
     if state.deleted {
-        return Outcome::Done(error_response(index, ResponseError::UnknownTopicOrPartition, None));
+        return Outcome::Done(error_response(
+            index,
+            ResponseError::UnknownTopicOrPartition,
+            None,
+        ));
     }
     let mut producer: Option<ProducerBatchState> = None;
     let mut next = state.next_offset;
@@ -150,7 +172,11 @@ async fn append(
                     };
                 }
                 Sequence::Duplicate(_) => {
-                    return Outcome::Done(error_response(index, ResponseError::DuplicateSequenceNumber, None))
+                    return Outcome::Done(error_response(
+                        index,
+                        ResponseError::DuplicateSequenceNumber,
+                        None,
+                    ))
                 }
                 Sequence::Refuse(e) => {
                     tracing::debug!(tp = %log.tp, producer = h.producer_id, epoch = h.producer_epoch,
@@ -176,7 +202,11 @@ async fn append(
     let max_timestamp = if settings.log_append_time {
         now
     } else {
-        batches.iter().map(|b| b.header.max_timestamp).max().unwrap_or(-1)
+        batches
+            .iter()
+            .map(|b| b.header.max_timestamp)
+            .max()
+            .unwrap_or(-1)
     };
     let base_offset = state.next_offset;
     let append = AppendBatch {
@@ -214,7 +244,11 @@ async fn append(
         }
         Err(e) => {
             tracing::warn!(tp = %log.tp, error = %e, "append refused by storage");
-            Outcome::Done(error_response(index, ResponseError::KafkaStorageError, None))
+            Outcome::Done(error_response(
+                index,
+                ResponseError::KafkaStorageError,
+                None,
+            ))
         }
     }
 }
@@ -227,7 +261,11 @@ enum Sequence {
 
 /// Kafka's idempotent-producer rules for one batch. `pending` is a batch of the same
 /// request already accepted above this one.
-fn check_sequence(state: &LogState, pending: Option<&ProducerBatchState>, h: &BatchHeader) -> Sequence {
+fn check_sequence(
+    state: &LogState,
+    pending: Option<&ProducerBatchState>,
+    h: &BatchHeader,
+) -> Sequence {
     let Some(ps) = state.producers.get(&h.producer_id) else {
         return match pending {
             Some(p) if h.base_sequence != next_sequence(p.last_sequence) => {
@@ -254,7 +292,9 @@ fn check_sequence(state: &LogState, pending: Option<&ProducerBatchState>, h: &Ba
     {
         return Sequence::Duplicate(*prev);
     }
-    let last = pending.map(|p| p.last_sequence).or_else(|| ps.batches.back().map(|b| b.last_sequence));
+    let last = pending
+        .map(|p| p.last_sequence)
+        .or_else(|| ps.batches.back().map(|b| b.last_sequence));
     match last {
         Some(last) if h.base_sequence != next_sequence(last) => {
             Sequence::Refuse(ResponseError::OutOfOrderSequenceNumber)
@@ -272,14 +312,25 @@ fn next_sequence(last: i32) -> i32 {
 }
 
 /// Waits for every partition's append and builds the response.
-async fn complete(gw: Arc<Gateway>, version: i16, topics: Vec<(TopicName, Vec<Outcome>)>) -> ProduceResponse {
+async fn complete(
+    gw: Arc<Gateway>,
+    version: i16,
+    topics: Vec<(TopicName, Vec<Outcome>)>,
+) -> ProduceResponse {
     let mut responses = Vec::with_capacity(topics.len());
     for (name, outcomes) in topics {
         let mut partitions = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
             let resp = match outcome {
                 Outcome::Done(r) => r,
-                Outcome::Appended { index, ticket, log, generation, base_offset, append_time } => {
+                Outcome::Appended {
+                    index,
+                    ticket,
+                    log,
+                    generation,
+                    base_offset,
+                    append_time,
+                } => {
                     let result = ticket.await.unwrap_or(Err(StorageError::ShuttingDown));
                     match result {
                         Ok(()) => PartitionProduceResponse::default()
@@ -293,20 +344,45 @@ async fn complete(gw: Arc<Gateway>, version: i16, topics: Vec<(TopicName, Vec<Ou
                         }
                     }
                 }
-                Outcome::DuplicateInFlight { index, log, generation, base_offset, last_offset, timeout } => {
-                    wait_durable(&gw, &log, generation, base_offset, last_offset, timeout, index).await
+                Outcome::DuplicateInFlight {
+                    index,
+                    log,
+                    generation,
+                    base_offset,
+                    last_offset,
+                    timeout,
+                } => {
+                    wait_durable(
+                        &gw,
+                        &log,
+                        generation,
+                        base_offset,
+                        last_offset,
+                        timeout,
+                        index,
+                    )
+                    .await
                 }
             };
             partitions.push(resp);
         }
-        responses.push(TopicProduceResponse::default().with_name(name).with_partition_responses(partitions));
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_partition_responses(partitions),
+        );
     }
     ProduceResponse::default().with_responses(responses)
 }
 
 /// Handles a failed append: the first failure of a generation resets the partition to its
 /// durable end. Returns the error code for the client.
-fn append_failed(gw: &Gateway, log: &PartitionLog, generation: u64, e: &StorageError) -> ResponseError {
+fn append_failed(
+    gw: &Gateway,
+    log: &PartitionLog,
+    generation: u64,
+    e: &StorageError,
+) -> ResponseError {
     use weir_common::{CommitRefused, ErrorKind};
     if matches!(e, StorageError::Refused(CommitRefused::UnknownPartition)) {
         return ResponseError::UnknownTopicOrPartition;

@@ -82,7 +82,10 @@ impl EmbeddedStore {
     }
 }
 
-fn read_topic(table: &impl ReadableTable<&'static str, &'static [u8]>, name: &str) -> Result<Option<TopicRecord>> {
+fn read_topic(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+) -> Result<Option<TopicRecord>> {
     match table.get(name).map_err(backend)? {
         Some(v) => Ok(Some(decode(v.value())?)),
         None => Ok(None),
@@ -110,7 +113,9 @@ fn drop_front(
     let (t, p) = pkey(tp);
     let mut removed = Vec::new();
     {
-        let range = index.range((t, p, i64::MIN)..=(t, p, i64::MAX)).map_err(backend)?;
+        let range = index
+            .range((t, p, i64::MIN)..=(t, p, i64::MAX))
+            .map_err(backend)?;
         for item in range {
             let (_, v) = item.map_err(backend)?;
             let entry: IndexEntry = decode(v.value())?;
@@ -130,7 +135,11 @@ fn drop_front(
 
 /// Decrements an object's reference count; returns its key when nothing refers to it any more.
 fn release_object(objects: &mut redb::Table<&str, u64>, key: &str) -> Result<Option<String>> {
-    let count = objects.get(key).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+    let count = objects
+        .get(key)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0);
     if count <= 1 {
         objects.remove(key).map_err(backend)?;
         Ok(Some(key.to_string()))
@@ -153,7 +162,10 @@ fn truncate_partition(
     let requested = new_start(&state);
     let (removed, dead) = drop_front(&mut index, &mut objects, tp, drop)?;
     let removed_bytes: u64 = removed.iter().map(|e| u64::from(e.length)).sum();
-    let after_removed = removed.last().map(|e| e.last_offset + 1).unwrap_or(i64::MIN);
+    let after_removed = removed
+        .last()
+        .map(|e| e.last_offset + 1)
+        .unwrap_or(i64::MIN);
     let start = state
         .log_start_offset
         .max(after_removed)
@@ -161,7 +173,9 @@ fn truncate_partition(
         .min(state.next_offset);
     state.log_start_offset = start;
     state.log_bytes = state.log_bytes.saturating_sub(removed_bytes);
-    parts.insert(pkey(tp), encode(&state)?.as_slice()).map_err(backend)?;
+    parts
+        .insert(pkey(tp), encode(&state)?.as_slice())
+        .map_err(backend)?;
     Ok(Truncation {
         log_start_offset: start,
         removed_entries: removed.len(),
@@ -176,7 +190,10 @@ impl MetadataStore for EmbeddedStore {
             let txn = db.begin_write().map_err(backend)?;
             let id = {
                 let mut meta = txn.open_table(META).map_err(backend)?;
-                let existing = meta.get("cluster_id").map_err(backend)?.map(|v| v.value().to_string());
+                let existing = meta
+                    .get("cluster_id")
+                    .map_err(backend)?
+                    .map(|v| v.value().to_string());
                 match existing {
                     Some(id) => id,
                     None => {
@@ -199,7 +216,9 @@ impl MetadataStore for EmbeddedStore {
         configs: BTreeMap<String, String>,
     ) -> Result<TopicRecord> {
         if partitions < 1 {
-            return Err(MetadataError::Invalid("partition count must be at least 1".into()));
+            return Err(MetadataError::Invalid(
+                "partition count must be at least 1".into(),
+            ));
         }
         let name = name.to_string();
         self.blocking(move |db| {
@@ -216,7 +235,9 @@ impl MetadataStore for EmbeddedStore {
                     configs,
                     created_ms: now_ms(),
                 };
-                topics.insert(name.as_str(), encode(&record)?.as_slice()).map_err(backend)?;
+                topics
+                    .insert(name.as_str(), encode(&record)?.as_slice())
+                    .map_err(backend)?;
                 let mut parts = txn.open_table(PARTITIONS).map_err(backend)?;
                 for p in 0..partitions {
                     let state = PartitionState::empty(p);
@@ -239,8 +260,8 @@ impl MetadataStore for EmbeddedStore {
             let mut dead = Vec::new();
             let record = {
                 let mut topics = txn.open_table(TOPICS).map_err(backend)?;
-                let record =
-                    read_topic(&topics, &name)?.ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
+                let record = read_topic(&topics, &name)?
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
                 topics.remove(name.as_str()).map_err(backend)?;
                 let t = record.id.as_u128();
                 let mut parts = txn.open_table(PARTITIONS).map_err(backend)?;
@@ -249,12 +270,17 @@ impl MetadataStore for EmbeddedStore {
                 let mut producers = txn.open_table(PRODUCERS).map_err(backend)?;
                 for p in 0..record.partitions {
                     parts.remove((t, p)).map_err(backend)?;
-                    let tp = TopicPartition { topic_id: record.id, partition: p };
+                    let tp = TopicPartition {
+                        topic_id: record.id,
+                        partition: p,
+                    };
                     let (_, d) = drop_front(&mut index, &mut objects, tp, |_| true)?;
                     dead.extend(d);
                 }
                 producers
-                    .retain_in((t, i32::MIN, i64::MIN)..=(t, i32::MAX, i64::MAX), |_, _| false)
+                    .retain_in((t, i32::MIN, i64::MIN)..=(t, i32::MAX, i64::MAX), |_, _| {
+                        false
+                    })
                     .map_err(backend)?;
                 record
             };
@@ -294,8 +320,8 @@ impl MetadataStore for EmbeddedStore {
             let txn = db.begin_write().map_err(backend)?;
             let record = {
                 let mut topics = txn.open_table(TOPICS).map_err(backend)?;
-                let mut record =
-                    read_topic(&topics, &name)?.ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
+                let mut record = read_topic(&topics, &name)?
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
                 if total <= record.partitions {
                     return Err(MetadataError::Invalid(format!(
                         "topic '{name}' has {} partitions; the new count {total} must be larger",
@@ -305,11 +331,16 @@ impl MetadataStore for EmbeddedStore {
                 let mut parts = txn.open_table(PARTITIONS).map_err(backend)?;
                 for p in record.partitions..total {
                     parts
-                        .insert((record.id.as_u128(), p), encode(&PartitionState::empty(p))?.as_slice())
+                        .insert(
+                            (record.id.as_u128(), p),
+                            encode(&PartitionState::empty(p))?.as_slice(),
+                        )
                         .map_err(backend)?;
                 }
                 record.partitions = total;
-                topics.insert(name.as_str(), encode(&record)?.as_slice()).map_err(backend)?;
+                topics
+                    .insert(name.as_str(), encode(&record)?.as_slice())
+                    .map_err(backend)?;
                 record
             };
             txn.commit().map_err(backend)?;
@@ -328,10 +359,12 @@ impl MetadataStore for EmbeddedStore {
             let txn = db.begin_write().map_err(backend)?;
             let record = {
                 let mut topics = txn.open_table(TOPICS).map_err(backend)?;
-                let mut record =
-                    read_topic(&topics, &name)?.ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
+                let mut record = read_topic(&topics, &name)?
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
                 record.configs = configs;
-                topics.insert(name.as_str(), encode(&record)?.as_slice()).map_err(backend)?;
+                topics
+                    .insert(name.as_str(), encode(&record)?.as_slice())
+                    .map_err(backend)?;
                 record
             };
             txn.commit().map_err(backend)?;
@@ -359,14 +392,19 @@ impl MetadataStore for EmbeddedStore {
                 let producers = txn.open_table(PRODUCERS).map_err(backend)?;
                 for mut state in states {
                     state.leader_epoch += 1;
-                    parts.insert((t, state.partition), encode(&state)?.as_slice()).map_err(backend)?;
+                    parts
+                        .insert((t, state.partition), encode(&state)?.as_slice())
+                        .map_err(backend)?;
                     let mut batches = Vec::new();
                     let range = (t, state.partition, i64::MIN)..=(t, state.partition, i64::MAX);
                     for item in producers.range(range).map_err(backend)? {
                         let (_, v) = item.map_err(backend)?;
                         batches.extend(decode::<Vec<ProducerBatchState>>(v.value())?);
                     }
-                    tails.push(PartitionTail { state, producers: batches });
+                    tails.push(PartitionTail {
+                        state,
+                        producers: batches,
+                    });
                 }
             }
             txn.commit().map_err(backend)?;
@@ -409,23 +447,34 @@ impl MetadataStore for EmbeddedStore {
                     index
                         .insert((t, p, entry.base_offset), encode(entry)?.as_slice())
                         .map_err(backend)?;
-                    let refs = objects.get(entry.object.as_str()).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-                    objects.insert(entry.object.as_str(), refs + 1).map_err(backend)?;
+                    let refs = objects
+                        .get(entry.object.as_str())
+                        .map_err(backend)?
+                        .map(|v| v.value())
+                        .unwrap_or(0);
+                    objects
+                        .insert(entry.object.as_str(), refs + 1)
+                        .map_err(backend)?;
                     state.next_offset = entry.last_offset + 1;
                     state.log_bytes += u64::from(entry.length);
-                    parts.insert((t, p), encode(&state)?.as_slice()).map_err(backend)?;
+                    parts
+                        .insert((t, p), encode(&state)?.as_slice())
+                        .map_err(backend)?;
                     for producer in &commit.producers {
                         let key = (t, p, producer.producer_id);
-                        let mut kept: Vec<ProducerBatchState> = match producers.get(key).map_err(backend)? {
-                            Some(v) => decode(v.value())?,
-                            None => Vec::new(),
-                        };
+                        let mut kept: Vec<ProducerBatchState> =
+                            match producers.get(key).map_err(backend)? {
+                                Some(v) => decode(v.value())?,
+                                None => Vec::new(),
+                            };
                         kept.retain(|b| b.producer_epoch == producer.producer_epoch);
                         kept.push(*producer);
                         if kept.len() > PRODUCER_BATCHES_KEPT {
                             kept.drain(..kept.len() - PRODUCER_BATCHES_KEPT);
                         }
-                        producers.insert(key, encode(&kept)?.as_slice()).map_err(backend)?;
+                        producers
+                            .insert(key, encode(&kept)?.as_slice())
+                            .map_err(backend)?;
                     }
                     outcomes.push(Ok(()));
                 }
@@ -448,7 +497,11 @@ impl MetadataStore for EmbeddedStore {
             let (t, p) = pkey(tp);
             let mut out = Vec::new();
             // The entry containing `offset` starts at or before it: begin with the last such entry.
-            if let Some(item) = index.range((t, p, i64::MIN)..=(t, p, offset)).map_err(backend)?.next_back() {
+            if let Some(item) = index
+                .range((t, p, i64::MIN)..=(t, p, offset))
+                .map_err(backend)?
+                .next_back()
+            {
                 let (_, v) = item.map_err(backend)?;
                 let entry: IndexEntry = decode(v.value())?;
                 if entry.last_offset >= offset {
@@ -456,7 +509,10 @@ impl MetadataStore for EmbeddedStore {
                 }
             }
             if out.len() < limit && offset < i64::MAX {
-                for item in index.range((t, p, offset + 1)..=(t, p, i64::MAX)).map_err(backend)? {
+                for item in index
+                    .range((t, p, offset + 1)..=(t, p, i64::MAX))
+                    .map_err(backend)?
+                {
                     let (_, v) = item.map_err(backend)?;
                     out.push(decode(v.value())?);
                     if out.len() >= limit {
@@ -478,7 +534,10 @@ impl MetadataStore for EmbeddedStore {
             let txn = db.begin_read().map_err(backend)?;
             let index = txn.open_table(INDEX).map_err(backend)?;
             let (t, p) = pkey(tp);
-            for item in index.range((t, p, i64::MIN)..=(t, p, i64::MAX)).map_err(backend)? {
+            for item in index
+                .range((t, p, i64::MIN)..=(t, p, i64::MAX))
+                .map_err(backend)?
+            {
                 let (_, v) = item.map_err(backend)?;
                 let entry: IndexEntry = decode(v.value())?;
                 if entry.max_timestamp >= timestamp {
@@ -496,10 +555,16 @@ impl MetadataStore for EmbeddedStore {
             let index = txn.open_table(INDEX).map_err(backend)?;
             let (t, p) = pkey(tp);
             let mut best: Option<IndexEntry> = None;
-            for item in index.range((t, p, i64::MIN)..=(t, p, i64::MAX)).map_err(backend)? {
+            for item in index
+                .range((t, p, i64::MIN)..=(t, p, i64::MAX))
+                .map_err(backend)?
+            {
                 let (_, v) = item.map_err(backend)?;
                 let entry: IndexEntry = decode(v.value())?;
-                if best.as_ref().is_none_or(|b| entry.max_timestamp > b.max_timestamp) {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| entry.max_timestamp > b.max_timestamp)
+                {
                     best = Some(entry);
                 }
             }
@@ -513,7 +578,8 @@ impl MetadataStore for EmbeddedStore {
             let txn = db.begin_write().map_err(backend)?;
             let truncation = {
                 let parts = txn.open_table(PARTITIONS).map_err(backend)?;
-                let state = read_partition(&parts, tp)?.ok_or(MetadataError::UnknownPartition(tp))?;
+                let state =
+                    read_partition(&parts, tp)?.ok_or(MetadataError::UnknownPartition(tp))?;
                 drop(parts);
                 if offset > state.next_offset || offset < 0 {
                     return Err(MetadataError::Invalid(format!(
@@ -538,21 +604,29 @@ impl MetadataStore for EmbeddedStore {
             let txn = db.begin_write().map_err(backend)?;
             let truncation = {
                 let parts = txn.open_table(PARTITIONS).map_err(backend)?;
-                let state = read_partition(&parts, tp)?.ok_or(MetadataError::UnknownPartition(tp))?;
+                let state =
+                    read_partition(&parts, tp)?.ok_or(MetadataError::UnknownPartition(tp))?;
                 drop(parts);
                 let mut bytes = state.log_bytes;
-                truncate_partition(&txn, tp, |_| None, |e| {
-                    let expired = limits.min_timestamp.is_some_and(|min| e.max_timestamp < min);
-                    let oversize = limits
-                        .max_bytes
-                        .is_some_and(|max| bytes.saturating_sub(u64::from(e.length)) >= max);
-                    if expired || oversize {
-                        bytes = bytes.saturating_sub(u64::from(e.length));
-                        true
-                    } else {
-                        false
-                    }
-                })?
+                truncate_partition(
+                    &txn,
+                    tp,
+                    |_| None,
+                    |e| {
+                        let expired = limits
+                            .min_timestamp
+                            .is_some_and(|min| e.max_timestamp < min);
+                        let oversize = limits
+                            .max_bytes
+                            .is_some_and(|max| bytes.saturating_sub(u64::from(e.length)) >= max);
+                        if expired || oversize {
+                            bytes = bytes.saturating_sub(u64::from(e.length));
+                            true
+                        } else {
+                            false
+                        }
+                    },
+                )?
             };
             if truncation.removed_entries == 0 {
                 // Nothing changed: do not pay for a durable commit.
@@ -570,7 +644,11 @@ impl MetadataStore for EmbeddedStore {
             let txn = db.begin_write().map_err(backend)?;
             let id = {
                 let mut counters = txn.open_table(COUNTERS).map_err(backend)?;
-                let next = counters.get("producer_id").map_err(backend)?.map(|v| v.value()).unwrap_or(1000);
+                let next = counters
+                    .get("producer_id")
+                    .map_err(backend)?
+                    .map(|v| v.value())
+                    .unwrap_or(1000);
                 counters.insert("producer_id", next + 1).map_err(backend)?;
                 next
             };
