@@ -75,6 +75,10 @@ struct ServeArgs {
     /// How often retention (retention.ms, retention.bytes) is applied, in ms [default: 30000].
     #[arg(long, env = "WEIR_RETENTION_CHECK_INTERVAL_MS")]
     retention_check_interval_ms: Option<u64>,
+    /// Delay before a new consumer group's first rebalance completes, in ms (Kafka's
+    /// group.initial.rebalance.delay.ms) [default: 3000].
+    #[arg(long, env = "WEIR_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    group_initial_rebalance_delay_ms: Option<u64>,
     /// Log format: text or json [default: text]. Levels come from RUST_LOG (default info).
     #[arg(long, env = "WEIR_LOG_FORMAT")]
     log_format: Option<LogFormat>,
@@ -105,6 +109,7 @@ struct FileSettings {
     default_partitions: Option<i32>,
     max_request_bytes: Option<usize>,
     retention_check_interval_ms: Option<u64>,
+    group_initial_rebalance_delay_ms: Option<u64>,
     log_format: Option<LogFormat>,
 }
 
@@ -121,6 +126,7 @@ struct ServeSettings {
     default_partitions: i32,
     max_request_bytes: usize,
     retention_check_interval: Duration,
+    group_initial_rebalance_delay: Duration,
     log_format: LogFormat,
 }
 
@@ -203,6 +209,11 @@ impl ServeArgs {
                     .or(file.retention_check_interval_ms)
                     .unwrap_or(30_000)
                     .max(10),
+            ),
+            group_initial_rebalance_delay: Duration::from_millis(
+                self.group_initial_rebalance_delay_ms
+                    .or(file.group_initial_rebalance_delay_ms)
+                    .unwrap_or(3000),
             ),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
         })
@@ -287,6 +298,10 @@ async fn serve(settings: ServeSettings) -> Result<()> {
         default_partitions: settings.default_partitions,
         max_request_bytes: settings.max_request_bytes,
         retention_check_interval: settings.retention_check_interval,
+        groups: weir_gateway::groups::GroupConfig {
+            initial_rebalance_delay: settings.group_initial_rebalance_delay,
+            ..Default::default()
+        },
         ..GatewayConfig::default()
     };
     let storage_dyn: Arc<dyn Storage> = storage.clone();

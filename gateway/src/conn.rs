@@ -104,7 +104,7 @@ pub async fn serve(
                 break;
             }
         };
-        match dispatch(&gateway, frame).await {
+        match dispatch(&gateway, frame, peer).await {
             Ok((response, barrier)) => {
                 let (written, wait) = if barrier {
                     let (done, wait) = oneshot::channel();
@@ -169,6 +169,7 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
 async fn dispatch(
     gateway: &Arc<Gateway>,
     frame: Bytes,
+    peer: SocketAddr,
 ) -> Result<(BoxFuture<'static, Option<Bytes>>, bool), CloseReason> {
     let mut peek = &frame[..];
     let key = peek.get_i16();
@@ -208,11 +209,13 @@ async fn dispatch(
         .as_ref()
         .map(|c| c.to_string())
         .unwrap_or_default();
+    let client_host = format!("/{}", peer.ip());
     let ctx = handlers::RequestContext {
         api_key,
         version,
         correlation_id,
         client_id,
+        client_host,
     };
     let (pending, barrier) = handlers::handle(gateway, &ctx, request).await;
     let response = Box::pin(async move {

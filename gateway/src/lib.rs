@@ -15,6 +15,7 @@ pub mod batch;
 pub mod broker;
 pub mod config;
 pub mod conn;
+pub mod groups;
 pub mod guard;
 pub mod handlers;
 
@@ -58,6 +59,8 @@ pub struct GatewayConfig {
     pub retention_check_interval: Duration,
     /// Fetch sessions kept (least recently used evicted beyond).
     pub max_fetch_sessions: usize,
+    /// Group coordinator settings.
+    pub groups: groups::GroupConfig,
 }
 
 impl Default for GatewayConfig {
@@ -71,6 +74,7 @@ impl Default for GatewayConfig {
             max_request_bytes: 100 << 20,
             retention_check_interval: Duration::from_secs(30),
             max_fetch_sessions: 1000,
+            groups: groups::GroupConfig::default(),
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct Gateway {
     pub registry: Arc<Registry>,
     pub cluster_id: String,
     pub sessions: handlers::fetch::FetchSessions,
+    /// The consumer groups this gateway coordinates.
+    pub groups: groups::Coordinator,
     /// Serializes topic mutations (create, delete, partitions, configs).
     pub admin: tokio::sync::Mutex<()>,
 }
@@ -120,6 +126,7 @@ impl Gateway {
         }
         Ok(Arc::new(Gateway {
             sessions: handlers::fetch::FetchSessions::new(config.max_fetch_sessions),
+            groups: groups::Coordinator::new(config.groups.clone()),
             config,
             meta,
             storage,
@@ -185,6 +192,20 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: Cancell
             }
         })
     };
+    let ticker = {
+        let gateway = gateway.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => gateway.groups.tick(),
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
     let mut next_id: u64 = 0;
     loop {
         tokio::select! {
@@ -214,6 +235,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: Cancell
         connections.abort_all();
     }
     let _ = retention.await;
+    let _ = ticker.await;
 }
 
 /// The address clients should use, for logs and the ready line.

@@ -133,6 +133,17 @@ pub struct RetentionLimits {
     pub max_bytes: Option<u64>,
 }
 
+/// An offset a consumer group committed for one partition.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: PartitionIndex,
+    pub offset: Offset,
+    pub leader_epoch: LeaderEpoch,
+    pub metadata: Option<String>,
+    pub commit_ms: i64,
+}
+
 /// Everything Weir keeps about topics, partitions and the log. Backends: embedded (`redb`),
 /// later DynamoDB. Every method is one atomic transaction.
 #[async_trait]
@@ -214,6 +225,24 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
 
     /// Every object some index entry refers to.
     async fn live_objects(&self) -> Result<Vec<String>>;
+
+    /// Stores a group's committed offsets (one transaction; replaces earlier commits of the
+    /// same partitions).
+    async fn commit_offsets(&self, group: &str, offsets: Vec<CommittedOffset>) -> Result<()>;
+
+    /// Every committed offset of a group, ordered by topic and partition.
+    async fn fetch_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>>;
+
+    /// Deletes a group's committed offsets: the given partitions, or all when `None`.
+    /// Returns how many were deleted.
+    async fn delete_offsets(
+        &self,
+        group: &str,
+        partitions: Option<Vec<(String, PartitionIndex)>>,
+    ) -> Result<usize>;
+
+    /// Every group that has committed offsets.
+    async fn offset_groups(&self) -> Result<Vec<String>>;
 }
 
 #[cfg(test)]

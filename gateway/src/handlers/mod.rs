@@ -7,6 +7,7 @@ pub mod admin;
 pub mod api_versions;
 pub mod configs;
 pub mod fetch;
+pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -34,6 +35,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// Whether `version` of `key` is implemented.
@@ -50,6 +62,8 @@ pub struct RequestContext {
     pub version: i16,
     pub correlation_id: i32,
     pub client_id: String,
+    /// The client's address as Kafka shows it (`/127.0.0.1`).
+    pub client_host: String,
 }
 
 /// A response under way (None: send nothing).
@@ -147,6 +161,82 @@ pub async fn handle(
             Box::pin(async move {
                 Some(ResponseKind::IncrementalAlterConfigs(
                     configs::incremental_alter(&gw, v, req).await,
+                ))
+            }),
+            true,
+        ),
+        RequestKind::FindCoordinator(req) => ready(ResponseKind::FindCoordinator(
+            groups::find_coordinator(gateway, v, req),
+        )),
+        RequestKind::JoinGroup(req) => {
+            let ctx = ctx.clone();
+            (
+                Box::pin(async move {
+                    Some(ResponseKind::JoinGroup(
+                        groups::join_group(&gw, &ctx, req).await,
+                    ))
+                }),
+                true,
+            )
+        }
+        RequestKind::SyncGroup(req) => (
+            Box::pin(async move {
+                Some(ResponseKind::SyncGroup(
+                    groups::sync_group(&gw, v, req).await,
+                ))
+            }),
+            true,
+        ),
+        RequestKind::Heartbeat(req) => {
+            ready(ResponseKind::Heartbeat(groups::heartbeat(gateway, v, req)))
+        }
+        RequestKind::LeaveGroup(req) => ready(ResponseKind::LeaveGroup(groups::leave_group(
+            gateway, v, req,
+        ))),
+        RequestKind::OffsetCommit(req) => (
+            Box::pin(async move {
+                Some(ResponseKind::OffsetCommit(
+                    groups::offset_commit(&gw, v, req).await,
+                ))
+            }),
+            true,
+        ),
+        RequestKind::OffsetFetch(req) => (
+            Box::pin(async move {
+                Some(ResponseKind::OffsetFetch(
+                    groups::offset_fetch(&gw, v, req).await,
+                ))
+            }),
+            true,
+        ),
+        RequestKind::DescribeGroups(req) => (
+            Box::pin(async move {
+                Some(ResponseKind::DescribeGroups(
+                    groups::describe_groups(&gw, v, req).await,
+                ))
+            }),
+            true,
+        ),
+        RequestKind::ListGroups(req) => (
+            Box::pin(async move {
+                Some(ResponseKind::ListGroups(
+                    groups::list_groups(&gw, v, req).await,
+                ))
+            }),
+            true,
+        ),
+        RequestKind::DeleteGroups(req) => (
+            Box::pin(async move {
+                Some(ResponseKind::DeleteGroups(
+                    groups::delete_groups(&gw, v, req).await,
+                ))
+            }),
+            true,
+        ),
+        RequestKind::OffsetDelete(req) => (
+            Box::pin(async move {
+                Some(ResponseKind::OffsetDelete(
+                    groups::offset_delete(&gw, v, req).await,
                 ))
             }),
             true,

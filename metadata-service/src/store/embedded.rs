@@ -5,8 +5,8 @@
 
 use super::{decode, encode};
 use crate::{
-    CommitOutcome, MetadataError, MetadataStore, PartitionState, PartitionTail, Result,
-    RetentionLimits, TopicRecord, Truncation, PRODUCER_BATCHES_KEPT,
+    CommitOutcome, CommittedOffset, MetadataError, MetadataStore, PartitionState, PartitionTail,
+    Result, RetentionLimits, TopicRecord, Truncation, PRODUCER_BATCHES_KEPT,
 };
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -27,6 +27,9 @@ const PARTITIONS: TableDefinition<(u128, i32), &[u8]> = TableDefinition::new("pa
 const INDEX: TableDefinition<(u128, i32, i64), &[u8]> = TableDefinition::new("offset_index");
 /// object key -> number of index entries pointing into it
 const OBJECTS: TableDefinition<&str, u64> = TableDefinition::new("objects");
+/// (group, topic name, partition) -> CommittedOffset
+const GROUP_OFFSETS: TableDefinition<(&str, &str, i32), &[u8]> =
+    TableDefinition::new("group_offsets");
 /// (topic id, partition, producer id) -> recent batches of that producer
 const PRODUCERS: TableDefinition<(u128, i32, i64), &[u8]> = TableDefinition::new("producers");
 
@@ -65,6 +68,7 @@ impl EmbeddedStore {
             txn.open_table(INDEX).map_err(backend)?;
             txn.open_table(OBJECTS).map_err(backend)?;
             txn.open_table(PRODUCERS).map_err(backend)?;
+            txn.open_table(GROUP_OFFSETS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -666,6 +670,106 @@ impl MetadataStore for EmbeddedStore {
             for item in objects.iter().map_err(backend)? {
                 let (k, _) = item.map_err(backend)?;
                 out.push(k.value().to_string());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn commit_offsets(&self, group: &str, offsets: Vec<CommittedOffset>) -> Result<()> {
+        let group = group.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut table = txn.open_table(GROUP_OFFSETS).map_err(backend)?;
+                for o in &offsets {
+                    table
+                        .insert(
+                            (group.as_str(), o.topic.as_str(), o.partition),
+                            encode(o)?.as_slice(),
+                        )
+                        .map_err(backend)?;
+                }
+            }
+            txn.commit().map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn fetch_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>> {
+        let group = group.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(GROUP_OFFSETS).map_err(backend)?;
+            let end = format!("{group}\0");
+            let mut out = Vec::new();
+            for item in table
+                .range((group.as_str(), "", i32::MIN)..(end.as_str(), "", i32::MIN))
+                .map_err(backend)?
+            {
+                let (_, v) = item.map_err(backend)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_offsets(
+        &self,
+        group: &str,
+        partitions: Option<Vec<(String, weir_common::PartitionIndex)>>,
+    ) -> Result<usize> {
+        let group = group.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let mut deleted = 0;
+            {
+                let mut table = txn.open_table(GROUP_OFFSETS).map_err(backend)?;
+                match partitions {
+                    Some(list) => {
+                        for (topic, p) in list {
+                            if table
+                                .remove((group.as_str(), topic.as_str(), p))
+                                .map_err(backend)?
+                                .is_some()
+                            {
+                                deleted += 1;
+                            }
+                        }
+                    }
+                    None => {
+                        let end = format!("{group}\0");
+                        table
+                            .retain_in(
+                                (group.as_str(), "", i32::MIN)..(end.as_str(), "", i32::MIN),
+                                |_, _| {
+                                    deleted += 1;
+                                    false
+                                },
+                            )
+                            .map_err(backend)?;
+                    }
+                }
+            }
+            txn.commit().map_err(backend)?;
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn offset_groups(&self) -> Result<Vec<String>> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(GROUP_OFFSETS).map_err(backend)?;
+            let mut out: Vec<String> = Vec::new();
+            for item in table.iter().map_err(backend)? {
+                let (k, _) = item.map_err(backend)?;
+                let group = k.value().0;
+                if out.last().map(String::as_str) != Some(group) {
+                    out.push(group.to_string());
+                }
             }
             Ok(out)
         })

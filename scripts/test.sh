@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Build Weir and run every test: the Rust workspace tests, then the end-to-end suite
+# (tests/e2e) that drives the real `weir` binary with real Kafka clients.
+#
+# Works on a fresh Debian machine as root with no stdin: it installs what is missing
+# (kcat, Python venv support, Node.js) and keeps Python packages in .venv and kafkajs in
+# tests/e2e/js/node_modules.
+#
+# Environment:
+#   WEIR_BIN        test this binary instead of target/release/weir
+#   PYTEST_ARGS     extra arguments for pytest (e.g. "-k produce -x")
+#   SKIP_CARGO=1    skip cargo build/test (only with WEIR_BIN or an existing build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '\n==> %s\n' "$*"; }
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    apt-get update -qq </dev/null
+    apt_updated=1
+  fi
+  apt-get install -y -qq --no-install-recommends "$@" </dev/null
+}
+
+# -- system tools --------------------------------------------------------------------------
+if ! command -v kcat >/dev/null 2>&1; then
+  log "installing kcat"
+  apt_install kcat
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  log "installing Node.js"
+  apt_install nodejs npm
+fi
+if ! command -v python3 >/dev/null 2>&1; then
+  log "installing Python"
+  apt_install python3 python3-venv
+fi
+
+# -- Python venv ---------------------------------------------------------------------------
+VENV="$ROOT/.venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  if ! python3 -m venv "$VENV" </dev/null; then
+    rm -rf "$VENV"
+    pyver="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+    apt_install python3-venv "python${pyver}-venv" || apt_install python3-venv
+    python3 -m venv "$VENV" </dev/null
+  fi
+fi
+log "installing Python test dependencies"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+  -r tests/e2e/requirements.txt </dev/null
+
+# -- kafkajs -------------------------------------------------------------------------------
+log "installing kafkajs"
+(
+  cd tests/e2e/js
+  if [ -f package-lock.json ]; then
+    npm ci --no-audit --no-fund --loglevel=error </dev/null
+  else
+    npm install --no-audit --no-fund --loglevel=error </dev/null
+  fi
+  node --check kafkajs_tool.js
+)
+
+# -- Rust ------------------------------------------------------------------------------------
+if [ "${SKIP_CARGO:-0}" != 1 ]; then
+  log "cargo build --release"
+  cargo build --release
+  log "cargo test --workspace --release"
+  cargo test --workspace --release
+fi
+
+# -- end-to-end --------------------------------------------------------------------------------
+WEIR_BIN="${WEIR_BIN:-$ROOT/target/release/weir}"
+export WEIR_BIN
+if [ ! -x "$WEIR_BIN" ]; then
+  echo "weir binary not found at $WEIR_BIN" >&2
+  exit 1
+fi
+log "end-to-end tests against $WEIR_BIN"
+# shellcheck disable=SC2086
+"$VENV/bin/python" -m pytest tests/e2e -v ${PYTEST_ARGS:-} </dev/null

@@ -1,0 +1,313 @@
+//! Malformed frames close one connection and nothing else: after each, the process is alive and
+//! a fresh connection is served.
+
+use crate::support::*;
+use anyhow::{bail, ensure, Context, Result};
+use bytes::{Buf, BufMut, BytesMut};
+use kafka_protocol::messages::alter_configs_request::{AlterConfigsRequest, AlterConfigsResource};
+use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsRequest, CreatePartitionsTopic,
+};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::delete_records_request::{DeleteRecordsRequest, DeleteRecordsTopic};
+use kafka_protocol::messages::delete_topics_request::{DeleteTopicState, DeleteTopicsRequest};
+use kafka_protocol::messages::describe_cluster_request::DescribeClusterRequest;
+use kafka_protocol::messages::describe_configs_request::{
+    DescribeConfigsRequest, DescribeConfigsResource,
+};
+use kafka_protocol::messages::fetch_request::{FetchRequest, FetchTopic};
+use kafka_protocol::messages::incremental_alter_configs_request as incremental;
+use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsRequest, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+use kafka_protocol::messages::produce_request::{ProduceRequest, TopicProduceData};
+use kafka_protocol::messages::{ApiKey, TopicName};
+use kafka_protocol::protocol::Encodable;
+use weir_gateway::handlers::SUPPORTED;
+
+/// The array count kafka-protocol 0.18 would pass to `Vec::with_capacity` (an abort, not a panic).
+const HOSTILE_COUNT: u32 = 0x2600_2600;
+
+/// Sends `frame` on a fresh connection, requires the server to close it without answering,
+/// then requires the server to be alive.
+fn closes(server: &mut Server, what: &str, frame: &[u8], then_eof: bool) -> Result<()> {
+    let mut c = server.client()?;
+    // The server may close while we are still writing: that is the expected outcome too.
+    let _ = c.write_raw(frame);
+    if then_eof {
+        let _ = c.shutdown_write();
+    }
+    c.expect_closed().with_context(|| what.to_string())?;
+    server
+        .assert_alive()
+        .with_context(|| format!("after {what}"))
+}
+
+fn header(key: i16, version: i16, client_id: &[u8]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    buf.put_i16(key);
+    buf.put_i16(version);
+    buf.put_i32(7);
+    buf.put_i16(client_id.len() as i16);
+    buf.put_slice(client_id);
+    buf
+}
+
+#[test]
+fn bad_frames_close_only_their_connection() -> Result<()> {
+    let mut server = Server::start(&[])?;
+    let s = &mut server;
+    closes(
+        s,
+        "http request",
+        b"GET / HTTP/1.1\r\nHost: weir\r\n\r\n",
+        false,
+    )?;
+    let mut junk = vec![0u8, 0, 0, 24];
+    junk.extend_from_slice(&[0xff; 24]);
+    closes(s, "garbage frame (api key -1)", &junk, false)?;
+    closes(
+        s,
+        "length 0x7fffffff",
+        &[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 1],
+        false,
+    )?;
+    closes(s, "negative length", &[0xff, 0xff, 0xff, 0xff, 0, 3], false)?;
+    closes(s, "length 2", &[0, 0, 0, 2, 0, 3], false)?;
+    closes(s, "length 0", &[0, 0, 0, 0], false)?;
+    let mut short = vec![0u8, 0, 0, 100];
+    short.extend_from_slice(&header(3, 1, b"")[..10]);
+    closes(s, "100-byte frame cut after 10 bytes", &short, true)?;
+    closes(
+        s,
+        "unknown api key 9999",
+        &framed(&[&header(9999, 0, b"x")]),
+        false,
+    )?;
+    closes(
+        s,
+        "negative api key",
+        &framed(&[&header(-5, 0, b"x")]),
+        false,
+    )?;
+    // A client id longer than the frame.
+    let mut bad_header = header(3, 1, b"");
+    bad_header[8..10].copy_from_slice(&0x7fffi16.to_be_bytes());
+    closes(
+        s,
+        "client id longer than the frame",
+        &framed(&[&bad_header]),
+        false,
+    )?;
+    for (key, version) in [
+        (ApiKey::Produce, 99),
+        (ApiKey::Produce, 12),
+        (ApiKey::Fetch, 3),
+        (ApiKey::Metadata, -1),
+    ] {
+        let frame = framed(&[&header_bytes(key, version.max(0), 1)?]);
+        let mut frame = BytesMut::from(&frame[..]);
+        frame[6..8].copy_from_slice(&version.to_be_bytes());
+        closes(s, &format!("{key:?} v{version}"), &frame, false)?;
+    }
+    // The 14-byte AlterConfigs v0 request that aborted kafka-protocol's decoder.
+    let mut alter = header(ApiKey::AlterConfigs as i16, 0, b"");
+    alter[8..10].copy_from_slice(&(-1i16).to_be_bytes());
+    alter.put_u32(HOSTILE_COUNT);
+    ensure!(alter.len() == 14);
+    closes(
+        s,
+        "AlterConfigs v0 with count 0x26002600",
+        &framed(&[&alter]),
+        false,
+    )?;
+    Ok(())
+}
+
+fn encode<T: Encodable>(req: T, version: i16) -> Result<BytesMut> {
+    let mut buf = BytesMut::new();
+    req.encode(&mut buf, version)?;
+    Ok(buf)
+}
+
+/// A valid body of `key`/`version` whose first array holds `n` (default) elements.
+fn body_with(key: ApiKey, version: i16, n: usize) -> Result<BytesMut> {
+    let name = || TopicName(kafka_protocol::protocol::StrBytes::from_static_str("t"));
+    match key {
+        ApiKey::Produce => encode(
+            ProduceRequest::default()
+                .with_acks(1)
+                .with_timeout_ms(1000)
+                .with_topic_data(vec![TopicProduceData::default(); n]),
+            version,
+        ),
+        ApiKey::Fetch => encode(
+            FetchRequest::default().with_topics(vec![FetchTopic::default(); n]),
+            version,
+        ),
+        ApiKey::ListOffsets => encode(
+            ListOffsetsRequest::default()
+                .with_replica_id((-1).into())
+                .with_topics(vec![ListOffsetsTopic::default(); n]),
+            version,
+        ),
+        ApiKey::Metadata => encode(
+            MetadataRequest::default().with_topics(Some(vec![
+                MetadataRequestTopic::default()
+                    .with_name(Some(name()));
+                n
+            ])),
+            version,
+        ),
+        ApiKey::ApiVersions => encode(ApiVersionsRequest::default(), version),
+        ApiKey::CreateTopics => encode(
+            CreateTopicsRequest::default()
+                .with_validate_only(true)
+                .with_topics(vec![CreatableTopic::default(); n]),
+            version,
+        ),
+        ApiKey::DeleteTopics if version < 6 => encode(
+            DeleteTopicsRequest::default().with_topic_names(vec![name(); n]),
+            version,
+        ),
+        ApiKey::DeleteTopics => encode(
+            DeleteTopicsRequest::default().with_topics(vec![
+                DeleteTopicState::default()
+                    .with_name(Some(name()));
+                n
+            ]),
+            version,
+        ),
+        ApiKey::DeleteRecords => encode(
+            DeleteRecordsRequest::default().with_topics(vec![DeleteRecordsTopic::default(); n]),
+            version,
+        ),
+        ApiKey::InitProducerId => encode(InitProducerIdRequest::default(), version),
+        ApiKey::DescribeConfigs => {
+            encode(
+                DescribeConfigsRequest::default()
+                    .with_resources(vec![DescribeConfigsResource::default(); n]),
+                version,
+            )
+        }
+        ApiKey::AlterConfigs => encode(
+            AlterConfigsRequest::default()
+                .with_validate_only(true)
+                .with_resources(vec![AlterConfigsResource::default(); n]),
+            version,
+        ),
+        ApiKey::CreatePartitions => encode(
+            CreatePartitionsRequest::default()
+                .with_validate_only(true)
+                .with_topics(vec![CreatePartitionsTopic::default(); n]),
+            version,
+        ),
+        ApiKey::IncrementalAlterConfigs => encode(
+            incremental::IncrementalAlterConfigsRequest::default()
+                .with_validate_only(true)
+                .with_resources(vec![incremental::AlterConfigsResource::default(); n]),
+            version,
+        ),
+        ApiKey::DescribeCluster => encode(DescribeClusterRequest::default(), version),
+        other => bail!("no request builder for {other:?}: add one"),
+    }
+}
+
+/// `body` with its first array count (located by comparing one- and two-element encodings)
+/// replaced by [`HOSTILE_COUNT`]; None if the request has no array.
+fn hostile(key: ApiKey, version: i16, body: &[u8]) -> Result<Option<BytesMut>> {
+    let two = body_with(key, version, 2)?;
+    let Some(at) = body.iter().zip(two.iter()).position(|(a, b)| a != b) else {
+        return Ok(None);
+    };
+    let flexible = key.request_header_version(version) >= 2;
+    let mut out = BytesMut::new();
+    if flexible {
+        // Compact arrays encode count + 1 as an unsigned varint.
+        ensure!(
+            body[at] == 2,
+            "{key:?} v{version}: byte {at} is {} , not a compact count of 1",
+            body[at]
+        );
+        out.put_slice(&body[..at]);
+        put_varint(&mut out, u64::from(HOSTILE_COUNT) + 1);
+        out.put_slice(&body[at + 1..]);
+    } else {
+        ensure!(
+            at >= 3 && body[at - 3..=at] == [0, 0, 0, 1],
+            "{key:?} v{version}: no i32 count of 1 at {at}"
+        );
+        out.put_slice(&body[..at - 3]);
+        out.put_u32(HOSTILE_COUNT);
+        out.put_slice(&body[at + 1..]);
+    }
+    Ok(Some(out))
+}
+
+/// For every advertised (key, version): the valid request is answered, and the same request
+/// with a hostile first array count closes the connection and leaves the server up.
+#[test]
+fn hostile_array_counts_in_every_supported_version() -> Result<()> {
+    let mut server = Server::start(&[])?;
+    let mut patched = 0;
+    for &(key, min, max) in SUPPORTED {
+        for version in min..=max {
+            let body = body_with(key, version, 1)?;
+            let head = header_bytes(key, version, 42)?;
+            let mut c = server.client()?;
+            c.write_raw(&framed(&[&head, &body]))?;
+            let mut answer = c
+                .read_frame()
+                .and_then(|f| f.context("connection closed"))
+                .with_context(|| format!("valid {key:?} v{version} request not answered"))?;
+            ensure!(
+                answer.get_i32() == 42,
+                "{key:?} v{version}: wrong correlation id"
+            );
+            if let Some(bad) = hostile(key, version, &body)? {
+                closes(
+                    &mut server,
+                    &format!("{key:?} v{version} with a hostile count"),
+                    &framed(&[&head, &bad]),
+                    false,
+                )?;
+                patched += 1;
+            }
+        }
+    }
+    // ApiVersions, InitProducerId and DescribeCluster have no arrays; everything else must.
+    ensure!(
+        patched >= 60,
+        "only {patched} versions had an array to patch"
+    );
+    Ok(())
+}
+
+#[test]
+fn oversized_request_closes_the_connection() -> Result<()> {
+    let mut server = Server::start(&["--max-request-bytes", "1048576"])?;
+    let mut c = server.client()?;
+    create_topic(&mut c, "big", 1, &[])?;
+    // Just under the limit is served.
+    let value = "x".repeat(900 * 1024);
+    let fits = batch(None, &[("k", &value, T0)])?;
+    ensure!(produce_ok(&mut c, "big", 0, fits)? == 0);
+    let value = "x".repeat(2 << 20);
+    let too_big = batch(None, &[("k", &value, T0)])?;
+    let frame = request_frame(9, 1, &produce_request(-1, "big", 0, too_big))?;
+    ensure!(frame.len() > 2 << 20);
+    closes(
+        &mut server,
+        "2 MiB produce with a 1 MiB limit",
+        &frame,
+        false,
+    )?;
+    // Nothing of it was appended.
+    let mut c = server.client()?;
+    ensure!(
+        log_end(&mut c, "big", 0)? == 1,
+        "log end after the refused frame"
+    );
+    Ok(())
+}
