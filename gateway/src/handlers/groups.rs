@@ -329,12 +329,15 @@ pub async fn offset_commit(
     OffsetCommitResponse::default().with_topics(topics)
 }
 
+/// Committed offsets grouped by topic: (topic, [(partition, offset if committed)]).
+type TopicOffsets = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+
 /// The committed offsets of `group` for the requested partitions (None: all committed).
 async fn committed(
     gw: &Gateway,
     group: &str,
     wanted: Option<Vec<(String, Vec<i32>)>>,
-) -> Result<Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>, ResponseError> {
+) -> Result<TopicOffsets, ResponseError> {
     let stored = gw
         .meta
         .fetch_offsets(group)
@@ -356,7 +359,7 @@ async fn committed(
             })
             .collect(),
         None => {
-            let mut out: Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> = Vec::new();
+            let mut out: TopicOffsets = Vec::new();
             for ((topic, p), o) in by_key {
                 match out.last_mut() {
                     Some((t, parts)) if *t == topic => parts.push((p, Some(o))),
