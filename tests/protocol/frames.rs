@@ -10,20 +10,37 @@ use kafka_protocol::messages::create_partitions_request::{
     CreatePartitionsRequest, CreatePartitionsTopic,
 };
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
 use kafka_protocol::messages::delete_records_request::{DeleteRecordsRequest, DeleteRecordsTopic};
 use kafka_protocol::messages::delete_topics_request::{DeleteTopicState, DeleteTopicsRequest};
 use kafka_protocol::messages::describe_cluster_request::DescribeClusterRequest;
 use kafka_protocol::messages::describe_configs_request::{
     DescribeConfigsRequest, DescribeConfigsResource,
 };
+use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
 use kafka_protocol::messages::fetch_request::{FetchRequest, FetchTopic};
+use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+use kafka_protocol::messages::heartbeat_request::HeartbeatRequest;
 use kafka_protocol::messages::incremental_alter_configs_request as incremental;
 use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
+use kafka_protocol::messages::join_group_request::{JoinGroupRequest, JoinGroupRequestProtocol};
+use kafka_protocol::messages::leave_group_request::{LeaveGroupRequest, MemberIdentity};
+use kafka_protocol::messages::list_groups_request::ListGroupsRequest;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsRequest, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequest, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequest, OffsetDeleteRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequest, OffsetFetchRequestGroup, OffsetFetchRequestTopic,
+};
 use kafka_protocol::messages::produce_request::{ProduceRequest, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, TopicName};
-use kafka_protocol::protocol::Encodable;
+use kafka_protocol::messages::sync_group_request::{SyncGroupRequest, SyncGroupRequestAssignment};
+use kafka_protocol::messages::{ApiKey, GroupId, TopicName};
+use kafka_protocol::protocol::{Encodable, StrBytes};
 use weir_gateway::handlers::SUPPORTED;
 
 /// The array count kafka-protocol 0.18 would pass to `Vec::with_capacity` (an abort, not a panic).
@@ -133,7 +150,8 @@ fn encode<T: Encodable>(req: T, version: i16) -> Result<BytesMut> {
 
 /// A valid body of `key`/`version` whose first array holds `n` (default) elements.
 fn body_with(key: ApiKey, version: i16, n: usize) -> Result<BytesMut> {
-    let name = || TopicName(kafka_protocol::protocol::StrBytes::from_static_str("t"));
+    let text = || StrBytes::from_static_str("t");
+    let name = || TopicName(text());
     match key {
         ApiKey::Produce => encode(
             ProduceRequest::default()
@@ -210,6 +228,65 @@ fn body_with(key: ApiKey, version: i16, n: usize) -> Result<BytesMut> {
             version,
         ),
         ApiKey::DescribeCluster => encode(DescribeClusterRequest::default(), version),
+        // Group APIs: an empty group id, so nothing waits for a rebalance.
+        ApiKey::FindCoordinator => encode(
+            FindCoordinatorRequest::default().with_coordinator_keys(vec![
+                text();
+                n * (version >= 4)
+                    as usize
+            ]),
+            version,
+        ),
+        ApiKey::JoinGroup => encode(
+            JoinGroupRequest::default()
+                .with_session_timeout_ms(10_000)
+                .with_protocol_type(text())
+                .with_protocols(vec![JoinGroupRequestProtocol::default(); n]),
+            version,
+        ),
+        ApiKey::SyncGroup => encode(
+            SyncGroupRequest::default()
+                .with_assignments(vec![SyncGroupRequestAssignment::default(); n]),
+            version,
+        ),
+        ApiKey::Heartbeat => encode(HeartbeatRequest::default(), version),
+        ApiKey::LeaveGroup if version < 3 => encode(LeaveGroupRequest::default(), version),
+        ApiKey::LeaveGroup => encode(
+            LeaveGroupRequest::default().with_members(vec![MemberIdentity::default(); n]),
+            version,
+        ),
+        ApiKey::OffsetCommit => encode(
+            OffsetCommitRequest::default()
+                .with_topics(vec![OffsetCommitRequestTopic::default(); n]),
+            version,
+        ),
+        ApiKey::OffsetFetch if version < 8 => encode(
+            OffsetFetchRequest::default()
+                .with_topics(Some(vec![OffsetFetchRequestTopic::default(); n])),
+            version,
+        ),
+        ApiKey::OffsetFetch => encode(
+            OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default(); n]),
+            version,
+        ),
+        ApiKey::DescribeGroups => encode(
+            DescribeGroupsRequest::default().with_groups(vec![GroupId::default(); n]),
+            version,
+        ),
+        ApiKey::ListGroups if version < 4 => encode(ListGroupsRequest::default(), version),
+        ApiKey::ListGroups => encode(
+            ListGroupsRequest::default().with_states_filter(vec![text(); n]),
+            version,
+        ),
+        ApiKey::DeleteGroups => encode(
+            DeleteGroupsRequest::default().with_groups_names(vec![GroupId::default(); n]),
+            version,
+        ),
+        ApiKey::OffsetDelete => encode(
+            OffsetDeleteRequest::default()
+                .with_topics(vec![OffsetDeleteRequestTopic::default(); n]),
+            version,
+        ),
         other => bail!("no request builder for {other:?}: add one"),
     }
 }
@@ -276,7 +353,8 @@ fn hostile_array_counts_in_every_supported_version() -> Result<()> {
             }
         }
     }
-    // ApiVersions, InitProducerId and DescribeCluster have no arrays; everything else must.
+    // ApiVersions, InitProducerId, DescribeCluster, Heartbeat and some old group versions
+    // have no arrays; everything else must.
     ensure!(
         patched >= 60,
         "only {patched} versions had an array to patch"

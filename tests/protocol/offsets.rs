@@ -196,10 +196,14 @@ fn list_offsets_and_delete_records() -> Result<()> {
             );
         }
         let data = fetch(&mut c, v, &topic, 0, 5)?;
-        ensure!(
-            data.error_code == 0 && data.log_start_offset == 5,
-            "v{v} fetch at 5: {data:?}"
-        );
+        ensure!(data.error_code == 0, "v{v} fetch at 5: {data:?}");
+        if v >= 5 {
+            ensure!(
+                data.log_start_offset == 5,
+                "v{v} fetch at 5: log start {}",
+                data.log_start_offset
+            );
+        }
         ensure!(
             offsets_keys_values(&decode_records(&data.records)?, 5) == expected(5),
             "v{v} records from 5"

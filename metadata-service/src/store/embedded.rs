@@ -286,6 +286,11 @@ impl MetadataStore for EmbeddedStore {
                         false
                     })
                     .map_err(backend)?;
+                // Committed offsets of a deleted topic go with it, as in Kafka.
+                let mut offsets = txn.open_table(GROUP_OFFSETS).map_err(backend)?;
+                offsets
+                    .retain(|(_, topic, _), _| topic != name.as_str())
+                    .map_err(backend)?;
                 record
             };
             txn.commit().map_err(backend)?;
