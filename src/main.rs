@@ -29,6 +29,54 @@ enum Command {
     /// Run everything in one process: a Kafka gateway, the storage service and the metadata
     /// service. With no flags: listens on 127.0.0.1:9092, keeps data under ./weir-data.
     Serve(ServeArgs),
+    /// Show consumer lag (log end offset minus committed offset) per group and partition,
+    /// as a running Weir (or any Kafka-compatible broker) reports it.
+    Lag(LagArgs),
+}
+
+#[derive(Args, Debug)]
+struct LagArgs {
+    /// Address of a gateway.
+    #[arg(long, env = "WEIR_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap_server: String,
+    /// Only this group (default: every group).
+    #[arg(long)]
+    group: Option<String>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn lag(args: LagArgs) -> Result<()> {
+    let rows = weir_gateway::lag::consumer_lag(&args.bootstrap_server, args.group.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if args.json {
+        for r in &rows {
+            let line = serde_json::json!({
+                "group": r.group, "topic": r.topic, "partition": r.partition,
+                "committed": r.committed, "log_end": r.log_end, "lag": r.lag,
+            });
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<30} {:<30} {:>9} {:>14} {:>14} {:>10}",
+        "GROUP", "TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG"
+    );
+    let mut totals: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    for r in &rows {
+        println!(
+            "{:<30} {:<30} {:>9} {:>14} {:>14} {:>10}",
+            r.group, r.topic, r.partition, r.committed, r.log_end, r.lag
+        );
+        *totals.entry(&r.group).or_default() += r.lag.max(0);
+    }
+    for (group, total) in totals {
+        println!("group {group}: total lag {total}");
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug, Default)]
@@ -353,6 +401,12 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(serve(settings))
+        }
+        Command::Lag(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(lag(args))
         }
     }
 }

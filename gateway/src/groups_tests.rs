@@ -18,7 +18,10 @@ fn join_req(member: &str, instance: Option<&str>, session_ms: u64) -> JoinReques
         session_timeout: Duration::from_millis(session_ms),
         rebalance_timeout: Duration::from_millis(300),
         protocol_type: "consumer".into(),
-        protocols: vec![("range".into(), Bytes::from_static(b"meta")), ("roundrobin".into(), Bytes::new())],
+        protocols: vec![
+            ("range".into(), Bytes::from_static(b"meta")),
+            ("roundrobin".into(), Bytes::new()),
+        ],
         require_known_member_id: true,
     }
 }
@@ -51,18 +54,37 @@ async fn two_members_join_sync_and_get_their_assignments() -> Result<(), String>
     let (a, ja) = first_join(&c);
     // One member, delay zero: the join completes at once (generation 1, a leads).
     let ra = ja.await.map_err(|e| e.to_string())?;
-    assert_eq!((ra.error, ra.generation, ra.leader.as_str()), (None, 1, a.as_str()));
+    assert_eq!(
+        (ra.error, ra.generation, ra.leader.as_str()),
+        (None, 1, a.as_str())
+    );
     assert_eq!(ra.protocol_name.as_deref(), Some("range"));
     assert_eq!(ra.members.len(), 1);
-    let sa = c.sync("g", 1, &a, None, (None, None), vec![(a.clone(), Bytes::from_static(b"all"))]);
-    assert_eq!(later(sa).await.map_err(|e| e.to_string())?.assignment, Bytes::from_static(b"all"));
+    let sa = c.sync(
+        "g",
+        1,
+        &a,
+        None,
+        (None, None),
+        vec![(a.clone(), Bytes::from_static(b"all"))],
+    );
+    assert_eq!(
+        later(sa).await.map_err(|e| e.to_string())?.assignment,
+        Bytes::from_static(b"all")
+    );
     assert_eq!(c.heartbeat("g", 1, &a, None), None);
 
     // b arrives: a learns of the rebalance by heartbeat and rejoins.
     let (b, jb) = first_join(&c);
-    assert_eq!(c.heartbeat("g", 1, &a, None), Some(ResponseError::RebalanceInProgress));
+    assert_eq!(
+        c.heartbeat("g", 1, &a, None),
+        Some(ResponseError::RebalanceInProgress)
+    );
     let ja = later(c.join(join_req(&a, None, 10_000)));
-    let (ra, rb) = (ja.await.map_err(|e| e.to_string())?, jb.await.map_err(|e| e.to_string())?);
+    let (ra, rb) = (
+        ja.await.map_err(|e| e.to_string())?,
+        jb.await.map_err(|e| e.to_string())?,
+    );
     assert_eq!((ra.generation, rb.generation), (2, 2));
     assert_eq!(ra.leader, a);
     assert_eq!(ra.members.len(), 2, "the leader sees every member");
@@ -75,17 +97,38 @@ async fn two_members_join_sync_and_get_their_assignments() -> Result<(), String>
         &a,
         None,
         (Some("consumer"), Some("range")),
-        vec![(a.clone(), Bytes::from_static(b"A")), (b.clone(), Bytes::from_static(b"B"))],
+        vec![
+            (a.clone(), Bytes::from_static(b"A")),
+            (b.clone(), Bytes::from_static(b"B")),
+        ],
     );
-    assert_eq!(later(sa).await.map_err(|e| e.to_string())?.assignment, Bytes::from_static(b"A"));
-    assert_eq!(sb.await.map_err(|e| e.to_string())?.assignment, Bytes::from_static(b"B"));
+    assert_eq!(
+        later(sa).await.map_err(|e| e.to_string())?.assignment,
+        Bytes::from_static(b"A")
+    );
+    assert_eq!(
+        sb.await.map_err(|e| e.to_string())?.assignment,
+        Bytes::from_static(b"B")
+    );
     // Old generation and unknown members are refused.
-    assert_eq!(c.heartbeat("g", 1, &b, None), Some(ResponseError::IllegalGeneration));
-    assert_eq!(c.heartbeat("g", 2, "nobody", None), Some(ResponseError::UnknownMemberId));
-    assert_eq!(c.check_commit("g", 1, &a, None), Err(ResponseError::IllegalGeneration));
+    assert_eq!(
+        c.heartbeat("g", 1, &b, None),
+        Some(ResponseError::IllegalGeneration)
+    );
+    assert_eq!(
+        c.heartbeat("g", 2, "nobody", None),
+        Some(ResponseError::UnknownMemberId)
+    );
+    assert_eq!(
+        c.check_commit("g", 1, &a, None),
+        Err(ResponseError::IllegalGeneration)
+    );
     assert_eq!(c.check_commit("g", 2, &a, None), Ok(()));
     // A manual (generation -1) commit is refused while the group has members.
-    assert_eq!(c.check_commit("g", -1, "", None), Err(ResponseError::UnknownMemberId));
+    assert_eq!(
+        c.check_commit("g", -1, "", None),
+        Err(ResponseError::UnknownMemberId)
+    );
     Ok(())
 }
 
@@ -100,9 +143,18 @@ async fn leaving_and_expiring_members_trigger_rebalances() -> Result<(), String>
     ja.await.map_err(|e| e.to_string())?;
     jb.await.map_err(|e| e.to_string())?;
     // b leaves during CompletingRebalance: a must rejoin alone.
-    assert_eq!(c.leave("g", &[(b.clone(), None)]).map_err(|e| e.to_string())?, vec![None]);
-    assert_eq!(c.heartbeat("g", 2, &a, None), Some(ResponseError::RebalanceInProgress));
-    let r = later(c.join(join_req(&a, None, 10_000))).await.map_err(|e| e.to_string())?;
+    assert_eq!(
+        c.leave("g", &[(b.clone(), None)])
+            .map_err(|e| e.to_string())?,
+        vec![None]
+    );
+    assert_eq!(
+        c.heartbeat("g", 2, &a, None),
+        Some(ResponseError::RebalanceInProgress)
+    );
+    let r = later(c.join(join_req(&a, None, 10_000)))
+        .await
+        .map_err(|e| e.to_string())?;
     assert_eq!((r.generation, r.members.len()), (3, 1));
     let _ = later(c.sync("g", 3, &a, None, (None, None), vec![])).await;
     // a stops heartbeating: after its session timeout the group is empty.
@@ -115,7 +167,11 @@ async fn leaving_and_expiring_members_trigger_rebalances() -> Result<(), String>
     jx.await.map_err(|e| e.to_string())?;
     tokio::time::sleep(Duration::from_millis(120)).await;
     c.tick();
-    assert_eq!(c.heartbeat("g", 4, &x, None), Some(ResponseError::UnknownMemberId), "x expired");
+    assert_eq!(
+        c.heartbeat("g", 4, &x, None),
+        Some(ResponseError::UnknownMemberId),
+        "x expired"
+    );
     let list = c.list();
     assert_eq!(list[0].3, 1, "only a is left");
     Ok(())
@@ -132,8 +188,15 @@ async fn rebalance_deadline_drops_members_that_do_not_rejoin() -> Result<(), Str
     tokio::time::sleep(Duration::from_millis(350)).await;
     c.tick();
     let rb = jb.await.map_err(|e| e.to_string())?;
-    assert_eq!((rb.generation, rb.members.len()), (2, 1), "a was dropped at the rebalance timeout");
-    assert_eq!(c.heartbeat("g", 2, &a, None), Some(ResponseError::UnknownMemberId));
+    assert_eq!(
+        (rb.generation, rb.members.len()),
+        (2, 1),
+        "a was dropped at the rebalance timeout"
+    );
+    assert_eq!(
+        c.heartbeat("g", 2, &a, None),
+        Some(ResponseError::UnknownMemberId)
+    );
     Ok(())
 }
 
@@ -145,12 +208,23 @@ async fn static_members_are_fenced_and_replaced() -> Result<(), String> {
     let ra = ja.await.map_err(|e| e.to_string())?;
     assert_eq!(ra.error, None);
     let old = ra.member_id.clone();
-    let _ = later(c.sync("g", 1, &old, Some("i-1"), (None, None), vec![(old.clone(), Bytes::from_static(b"P"))])).await;
+    let _ = later(c.sync(
+        "g",
+        1,
+        &old,
+        Some("i-1"),
+        (None, None),
+        vec![(old.clone(), Bytes::from_static(b"P"))],
+    ))
+    .await;
     // A restarted instance (same instance id) takes over; the old member id is fenced.
     let jn = later(c.join(join_req("", Some("i-1"), 10_000)));
     let rn = jn.await.map_err(|e| e.to_string())?;
     assert_ne!(rn.member_id, old);
-    assert_eq!(c.heartbeat("g", rn.generation, &old, Some("i-1")), Some(ResponseError::FencedInstanceId));
+    assert_eq!(
+        c.heartbeat("g", rn.generation, &old, Some("i-1")),
+        Some(ResponseError::FencedInstanceId)
+    );
     assert_eq!(
         c.check_commit("g", rn.generation, &old, Some("i-1")),
         Err(ResponseError::FencedInstanceId)
@@ -160,7 +234,10 @@ async fn static_members_are_fenced_and_replaced() -> Result<(), String> {
 
 #[tokio::test]
 async fn new_group_waits_for_the_initial_delay() -> Result<(), String> {
-    let c = Coordinator::new(GroupConfig { initial_rebalance_delay: Duration::from_millis(200), ..config() });
+    let c = Coordinator::new(GroupConfig {
+        initial_rebalance_delay: Duration::from_millis(200),
+        ..config()
+    });
     let started = Instant::now();
     let (_a, ja) = first_join(&c);
     let ticker = async {
@@ -175,17 +252,29 @@ async fn new_group_waits_for_the_initial_delay() -> Result<(), String> {
     };
     let waited = started.elapsed();
     assert_eq!(r.generation, 1);
-    assert!(waited >= Duration::from_millis(190) && waited < Duration::from_millis(400), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(190) && waited < Duration::from_millis(400),
+        "{waited:?}"
+    );
     Ok(())
 }
 
 #[test]
 fn inconsistent_protocols_and_bad_timeouts_are_refused() {
     let c = Coordinator::new(config());
-    let r = now(c.join(JoinRequest { session_timeout: Duration::from_millis(1), ..join_req("", None, 1) }));
+    let r = now(c.join(JoinRequest {
+        session_timeout: Duration::from_millis(1),
+        ..join_req("", None, 1)
+    }));
     assert_eq!(r.error, Some(ResponseError::InvalidSessionTimeout));
     let _ = c.join(join_req("", Some("s"), 10_000));
-    let other = JoinRequest { protocols: vec![("sticky-only".into(), Bytes::new())], ..join_req("", None, 10_000) };
-    assert_eq!(now(c.join(other)).error, Some(ResponseError::InconsistentGroupProtocol));
+    let other = JoinRequest {
+        protocols: vec![("sticky-only".into(), Bytes::new())],
+        ..join_req("", None, 10_000)
+    };
+    assert_eq!(
+        now(c.join(other)).error,
+        Some(ResponseError::InconsistentGroupProtocol)
+    );
     assert_eq!(c.delete("g"), Err(ResponseError::NonEmptyGroup));
 }

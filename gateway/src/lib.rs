@@ -18,6 +18,7 @@ pub mod conn;
 pub mod groups;
 pub mod guard;
 pub mod handlers;
+pub mod lag;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -319,15 +319,25 @@ async fn group_offsets(store: &dyn MetadataStore) -> anyhow::Result<()> {
     };
     store.create_topic("t", 2, BTreeMap::new()).await?;
     store.create_topic("u", 1, BTreeMap::new()).await?;
-    store.commit_offsets("g1", vec![o("t", 0, 5), o("t", 1, 7), o("u", 0, 1)]).await?;
+    store
+        .commit_offsets("g1", vec![o("t", 0, 5), o("t", 1, 7), o("u", 0, 1)])
+        .await?;
     store.commit_offsets("g1", vec![o("t", 0, 9)]).await?;
     store.commit_offsets("g10", vec![o("t", 0, 2)]).await?;
     let got = store.fetch_offsets("g1").await?;
     assert_eq!(got, vec![o("t", 0, 9), o("t", 1, 7), o("u", 0, 1)]);
     // A group name that is a prefix of another does not see the other's offsets.
     assert_eq!(store.fetch_offsets("g10").await?, vec![o("t", 0, 2)]);
-    assert_eq!(store.offset_groups().await?, vec!["g1".to_string(), "g10".to_string()]);
-    assert_eq!(store.delete_offsets("g1", Some(vec![("t".to_string(), 1)])).await?, 1);
+    assert_eq!(
+        store.offset_groups().await?,
+        vec!["g1".to_string(), "g10".to_string()]
+    );
+    assert_eq!(
+        store
+            .delete_offsets("g1", Some(vec![("t".to_string(), 1)]))
+            .await?,
+        1
+    );
     // Deleting a topic deletes its committed offsets.
     store.delete_topic("u").await?;
     assert_eq!(store.fetch_offsets("g1").await?, vec![o("t", 0, 9)]);
