@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Run everything in one process: a Kafka gateway, the storage service and the metadata
     /// service. With no flags: listens on 127.0.0.1:9092, keeps data under ./weir-data.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show consumer lag (log end offset minus committed offset) per group and partition,
     /// as a running Weir (or any Kafka-compatible broker) reports it.
     Lag(LagArgs),
