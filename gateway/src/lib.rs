@@ -15,6 +15,7 @@ pub mod batch;
 pub mod broker;
 pub mod config;
 pub mod conn;
+pub mod consumer_groups;
 pub mod groups;
 pub mod guard;
 pub mod handlers;
@@ -91,6 +92,8 @@ pub struct Gateway {
     pub sessions: handlers::fetch::FetchSessions,
     /// The consumer groups this gateway coordinates.
     pub groups: groups::Coordinator,
+    /// The KIP-848 consumer groups this gateway coordinates.
+    pub consumer_groups: consumer_groups::ConsumerGroups,
     /// Serializes topic mutations (create, delete, partitions, configs).
     pub admin: tokio::sync::Mutex<()>,
 }
@@ -128,6 +131,10 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             sessions: handlers::fetch::FetchSessions::new(config.max_fetch_sessions),
             groups: groups::Coordinator::new(config.groups.clone()),
+            consumer_groups: consumer_groups::ConsumerGroups::new(
+                Duration::from_secs(45),
+                Duration::from_millis(1000),
+            ),
             config,
             meta,
             storage,
@@ -201,7 +208,11 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: Cancell
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => gateway.groups.tick(),
+                    _ = tick.tick() => {
+                        gateway.groups.tick();
+                        let lookup = |name: &str| gateway.registry.topic(name).map(|t| (t.id.0, t.partition_count()));
+                        gateway.consumer_groups.tick(&lookup);
+                    }
                     _ = shutdown.cancelled() => return,
                 }
             }

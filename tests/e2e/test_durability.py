@@ -159,6 +159,12 @@ def check_log(bootstrap: str, topic: str, state: LoadState, idempotent: bool):
     assert not bad_dupes, f"{len(bad_dupes)} duplicated records: {bad_dupes[:5]}"
     if idempotent:
         assert not failed, f"{len(failed)} records failed: {[str(a.error) for a in failed[:3]]}"
+    dupes = sum(1 for v in where.values() if len(v) > 1)
+    errors: dict[str, int] = {}
+    for a in failed:
+        errors[str(a.error)] = errors.get(str(a.error), 0) + 1
+    print(f"\n{len(state.attempts)} produced, {acked} acknowledged, {len(failed)} failed "
+          f"{errors}, {sum(len(v) for v in got.values())} stored, {dupes} stored twice")
     return acked, sum(len(v) for v in got.values())
 
 
@@ -261,3 +267,52 @@ def test_sigterm_while_producing(weir_factory):
     if state.failure:
         raise state.failure
     check_log(b, t, state, idempotent=False)
+
+
+def test_metadata_changes_survive_kill9(weir_factory):
+    """Topic creation and deletion, partition growth, config changes and DeleteRecords are
+    all durable once acknowledged."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, NewPartitions)
+
+    server = weir_factory()
+    b = server.bootstrap
+    a = admin(b)
+    kept, grown, gone = unique_topic("meta-kept"), unique_topic("meta-grown"), unique_topic("meta-gone")
+    create_topic(b, kept, partitions=2, config={"retention.ms": "7200000"})
+    create_topic(b, grown, partitions=1)
+    create_topic(b, gone, partitions=1)
+    produce_values(b, kept, [b"k-%d" % i for i in range(50)], partition=0)
+    produce_values(b, gone, [b"old-life-%d" % i for i in range(10)])
+
+    a.create_partitions([NewPartitions(grown, 4)], request_timeout=30)[grown].result(timeout=30)
+    res = ConfigResource(ResourceType.TOPIC, kept, incremental_configs=[
+        ConfigEntry("max.message.bytes", "123456", incremental_operation=AlterConfigOpType.SET)])
+    a.incremental_alter_configs([res], request_timeout=30)[res].result(timeout=30)
+    list(a.delete_records([TopicPartition(kept, 0, 20)], request_timeout=30).values())[0] \
+        .result(timeout=30)
+    a.delete_topics([gone], operation_timeout=30, request_timeout=30)[gone].result(timeout=30)
+
+    server.kill9()
+    server.restart()
+
+    md = admin(b).list_topics(timeout=10)
+    assert kept in md.topics and grown in md.topics
+    assert gone not in md.topics, "a deleted topic came back after a crash"
+    assert len(md.topics[grown].partitions) == 4
+    res = ConfigResource(ResourceType.TOPIC, kept)
+    entries = admin(b).describe_configs([res], request_timeout=30)[res].result(timeout=30)
+    assert entries["retention.ms"].value == "7200000"
+    assert entries["max.message.bytes"].value == "123456"
+    assert watermarks(b, kept, 0) == (20, 50)
+    got = consume_partitions(b, kept, [0], expected={0: 30})[0]
+    assert [m.value() for m in got] == [b"k-%d" % i for i in range(20, 50)]
+
+    # a topic re-created under the deleted name does not see the old records
+    create_topic(b, gone, partitions=1)
+    assert watermarks(b, gone, 0) == (0, 0)
+    produce_values(b, gone, [b"new-life"])
+    server.kill9()
+    server.restart()
+    got = consume_partitions(b, gone, [0], expected={0: 1})[0]
+    assert [m.value() for m in got] == [b"new-life"]

@@ -364,3 +364,135 @@ def test_confluent_consumer_sees_new_records_promptly(weir_module):
         c.close()
     assert got is not None and got.value() == b"prompt"
     assert elapsed < 3.0, f"new record took {elapsed:.2f}s to arrive (fetch.wait.max.ms=5000)"
+
+
+# -- edge cases ----------------------------------------------------------------------------------
+def test_null_keys_values_and_empty_values(weir_module):
+    b = weir_module.bootstrap
+    t = unique_topic("nulls")
+    create_topic(b, t, partitions=1)
+    p = producer(b)
+    cases = [(None, None), (b"k", None), (None, b"v"), (b"", b""), (b"k2", b""), (b"", b"v2")]
+    for k, v in cases:
+        p.produce(t, key=k, value=v, partition=0)
+    flush_all(p)
+    got = consume_partitions(b, t, [0], expected={0: len(cases)})[0]
+    assert [(m.key(), m.value()) for m in got] == cases
+
+
+def test_record_larger_than_fetch_limits_is_still_returned(weir_module):
+    """KIP-74: a fetch returns the first batch even if it is larger than the fetch limits."""
+    b = weir_module.bootstrap
+    t = unique_topic("bigrec")
+    create_topic(b, t, partitions=1)
+    big = random.Random(5).randbytes(900_000)
+    produce_values(b, t, [b"small-before", big, b"small-after"], linger_ms=0,
+                   message_max_bytes=1_000_000)
+    got = consume_partitions(b, t, [0], expected={0: 3}, fetch_max_bytes=1024,
+                             message_max_bytes=1000, max_partition_fetch_bytes=1024)[0]
+    assert [m.value() for m in got] == [b"small-before", big, b"small-after"]
+    # the same on the wire: limits of 100 bytes still return the whole first batch
+    with kproto.Conn(weir_module.port, timeout=20) as c:
+        (r,) = kproto.fetch_v5(c, t, 0, 1, max_wait_ms=100, max_bytes=100)
+    assert r.error_code == 0, r
+    batches = kproto.batch_record_counts(r.records or b"")
+    assert batches and batches[0][0] <= 1 and len(r.records) > 900_000, \
+        f"{len(r.records or b'')} bytes, batches {batches}"
+
+
+def test_consume_from_the_middle_of_a_batch(weir_module):
+    b = weir_module.bootstrap
+    t = unique_topic("mid")
+    create_topic(b, t, partitions=1)
+    p = producer(b, linger_ms=100, batch_num_messages=1000)
+    for i in range(100):
+        p.produce(t, value=b"m-%d" % i, partition=0)
+    flush_all(p)
+    for start in (1, 37, 99):
+        got = consume_partitions(b, t, [0], start=start, expected={0: 100 - start})[0]
+        assert [m.offset() for m in got] == list(range(start, 100))
+        assert got[0].value() == b"m-%d" % start
+
+
+def test_concurrent_producers_one_partition(weir_module):
+    """Several producers appending to one partition at once: every record once, offsets
+    contiguous, each producer's records in its own order."""
+    b = weir_module.bootstrap
+    t = unique_topic("conc")
+    create_topic(b, t, partitions=1)
+    n_producers, per = 6, 3000
+    errors = []
+
+    def run(pi):
+        try:
+            produce_values(b, t, [b"p%d-%05d" % (pi, i) for i in range(per)], linger_ms=1)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(pi,)) for pi in range(n_producers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors, errors
+    total = n_producers * per
+    assert watermarks(b, t, 0) == (0, total)
+    got = consume_partitions(b, t, [0], expected={0: total})[0]
+    assert [m.offset() for m in got] == list(range(total))
+    for pi in range(n_producers):
+        mine = [m.value() for m in got if m.value().startswith(b"p%d-" % pi)]
+        assert mine == [b"p%d-%05d" % (pi, i) for i in range(per)], f"producer {pi}"
+
+
+def test_tailing_consumer_sees_every_record_in_order(weir_module):
+    """A consumer reading at the tail while records are produced sees each exactly once."""
+    b = weir_module.bootstrap
+    t = unique_topic("tail")
+    create_topic(b, t, partitions=2)
+    n = 20_000
+    result = {}
+
+    def consume():
+        try:
+            result["got"] = consume_partitions(b, t, [0, 1], expected={0: n // 2, 1: n // 2},
+                                               timeout=120)
+        except BaseException as e:
+            result["error"] = e
+
+    th = threading.Thread(target=consume)
+    th.start()
+    time.sleep(0.5)
+    p = producer(b, linger_ms=1)
+    for i in range(n):
+        while True:
+            try:
+                p.produce(t, value=b"tail-%05d" % i, partition=i % 2)
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 100 == 0:
+            p.poll(0)
+            time.sleep(0.001)
+    flush_all(p)
+    th.join(150)
+    assert not th.is_alive()
+    if "error" in result:
+        raise result["error"]
+    for part in (0, 1):
+        msgs = result["got"][part]
+        assert [m.offset() for m in msgs] == list(range(n // 2))
+        assert [m.value() for m in msgs] == [b"tail-%05d" % i for i in range(part, n, 2)]
+
+
+def test_many_partitions(weir_module):
+    b = weir_module.bootstrap
+    t = unique_topic("wide")
+    parts = 64
+    create_topic(b, t, partitions=parts)
+    p = producer(b, linger_ms=20)
+    for i in range(parts * 20):
+        p.produce(t, value=b"w-%d" % i, partition=i % parts)
+    flush_all(p)
+    got = consume_partitions(b, t, list(range(parts)), expected={k: 20 for k in range(parts)})
+    for part in range(parts):
+        assert [m.value() for m in got[part]] == [b"w-%d" % i for i in range(part, parts * 20, parts)]

@@ -2,7 +2,7 @@
 
 use crate::support::*;
 use anyhow::{ensure, Context, Result};
-use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::fetch_request::{FetchRequest, ForgottenTopic};
 use kafka_protocol::messages::fetch_response::FetchResponse;
 use kafka_protocol::ResponseError;
 use std::time::{Duration, Instant};
@@ -173,11 +173,51 @@ fn incremental_fetch_sessions() -> Result<()> {
             "v{v} unknown session: {}",
             resp.error_code
         );
-        // The wrong epoch did not consume the session: epoch 3 still works.
-        let resp = session_fetch(&mut c, v, incremental(3))?;
+        // The errors did not consume the session: epoch 3 works. The client moves partition 1
+        // past its records; nothing is new, so nothing is sent.
+        let mut moved = fetch_request(v, &topic, &[(1, 2)])
+            .with_session_id(id)
+            .with_session_epoch(3);
+        moved.max_wait_ms = 0;
+        let resp = session_fetch(&mut c, v, moved)?;
         ensure!(
             resp.error_code == 0,
             "v{v} epoch 3 after errors: {}",
+            resp.error_code
+        );
+        ensure!(
+            partitions(&resp)?.is_empty(),
+            "v{v} epoch 3 sent {:?}",
+            partitions(&resp)?
+        );
+
+        // Partition 1 forgotten: new data in both, only partition 0 is answered.
+        produce_ok(&mut c, &name, 0, simple_batch(None, 3)?)?;
+        produce_ok(&mut c, &name, 1, simple_batch(None, 1)?)?;
+        let mut forgotten = ForgottenTopic::default().with_partitions(vec![1]);
+        if v >= 13 {
+            forgotten.topic_id = topic.id;
+        } else {
+            forgotten.topic = topic_name(&name);
+        }
+        let forget = incremental(4).with_forgotten_topics_data(vec![forgotten]);
+        let resp = session_fetch(&mut c, v, forget)?;
+        ensure!(resp.error_code == 0, "v{v} epoch 4: {}", resp.error_code);
+        ensure!(
+            partitions(&resp)? == vec![(0, 0, 3)],
+            "v{v} epoch 4 (forgot 1): {:?}",
+            partitions(&resp)?
+        );
+        // Epoch -1 closes the session; it is then unknown.
+        let close = incremental(-1);
+        ensure!(
+            session_fetch(&mut c, v, close)?.error_code == 0,
+            "v{v} closing the session"
+        );
+        let resp = session_fetch(&mut c, v, incremental(5))?;
+        ensure!(
+            resp.error_code == code(ResponseError::FetchSessionIdNotFound),
+            "v{v} closed session still answered: {}",
             resp.error_code
         );
     }

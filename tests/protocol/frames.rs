@@ -6,6 +6,8 @@ use anyhow::{bail, ensure, Context, Result};
 use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::alter_configs_request::{AlterConfigsRequest, AlterConfigsResource};
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
+use kafka_protocol::messages::consumer_group_describe_request::ConsumerGroupDescribeRequest;
+use kafka_protocol::messages::consumer_group_heartbeat_request::ConsumerGroupHeartbeatRequest;
 use kafka_protocol::messages::create_partitions_request::{
     CreatePartitionsRequest, CreatePartitionsTopic,
 };
@@ -287,6 +289,15 @@ fn body_with(key: ApiKey, version: i16, n: usize) -> Result<BytesMut> {
                 .with_topics(vec![OffsetDeleteRequestTopic::default(); n]),
             version,
         ),
+        ApiKey::ConsumerGroupHeartbeat => encode(
+            ConsumerGroupHeartbeatRequest::default()
+                .with_subscribed_topic_names(Some(vec![name(); n])),
+            version,
+        ),
+        ApiKey::ConsumerGroupDescribe => encode(
+            ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId::default(); n]),
+            version,
+        ),
         other => bail!("no request builder for {other:?}: add one"),
     }
 }
@@ -397,5 +408,84 @@ fn oversized_request_closes_the_connection() -> Result<()> {
         log_end(&mut c, "big", 0)? == 1,
         "log end after the refused frame"
     );
+    Ok(())
+}
+
+/// Requests written back to back are answered in order, each with its correlation id.
+#[test]
+fn pipelined_requests_are_answered_in_order() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut c = server.client()?;
+    let topic = create_topic(&mut c, "pipe", 1, &[])?;
+    let mut frames = Vec::new();
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let correlation = 1000 + i;
+        let frame = match i % 4 {
+            0 => request_frame(
+                9,
+                correlation,
+                &produce_request(1, "pipe", 0, simple_batch(None, 1)?),
+            )?,
+            1 => request_frame(
+                1,
+                correlation,
+                &MetadataRequest::default().with_topics(Some(vec![])),
+            )?,
+            2 => request_frame(11, correlation, &fetch_request(11, &topic, &[(0, 0)]))?,
+            _ => request_frame(3, correlation, &ApiVersionsRequest::default())?,
+        };
+        frames.extend_from_slice(&frame);
+        sent.push(correlation);
+    }
+    c.write_raw(&frames)?;
+    for (i, &correlation) in sent.iter().enumerate() {
+        let frame = c
+            .read_frame()?
+            .context("connection closed while pipelining")?;
+        if i % 4 == 0 {
+            let p = decode_response::<ProduceRequest>(frame, 9, correlation)?;
+            let base = p.responses[0].partition_responses[0].base_offset;
+            ensure!(
+                base == (i / 4) as i64,
+                "pipelined produce {i} got offset {base}"
+            );
+        } else {
+            ensure!(
+                frame.slice(..4) == correlation.to_be_bytes()[..],
+                "response {i} out of order"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Unknown tagged fields (header and body) are skipped; a null client id is accepted.
+#[test]
+fn unknown_tagged_fields_and_null_client_id() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut c = server.client()?;
+    for (key, version) in [(ApiKey::Metadata, 12i16), (ApiKey::Metadata, 1)] {
+        let mut header = kafka_protocol::messages::RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(77)
+            .with_client_id(None);
+        let mut req = MetadataRequest::default().with_topics(Some(vec![]));
+        if version >= 9 {
+            header
+                .unknown_tagged_fields
+                .insert(1000, bytes::Bytes::from_static(b"header"));
+            req.unknown_tagged_fields
+                .insert(2000, bytes::Bytes::from_static(b"body"));
+        }
+        let mut head = BytesMut::new();
+        header.encode(&mut head, key.request_header_version(version))?;
+        let body = encode(req, version)?;
+        c.write_raw(&framed(&[&head, &body]))?;
+        let frame = c.read_frame()?.context("no answer")?;
+        let resp = decode_response::<MetadataRequest>(frame, version, 77)?;
+        ensure!(resp.brokers.len() == 1, "{key:?} v{version}: {resp:?}");
+    }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use crate::support::*;
 use anyhow::{ensure, Context, Result};
+use kafka_protocol::messages::delete_topics_request::{DeleteTopicState, DeleteTopicsRequest};
 use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
 use kafka_protocol::messages::metadata_response::{MetadataResponse, MetadataResponseTopic};
 use kafka_protocol::ResponseError;
@@ -68,6 +69,24 @@ fn every_version_decodes_and_carries_the_topic_id() -> Result<()> {
             );
         }
     }
+    // v1+ with an empty list: no topics at all.
+    let none = c.call(1, &MetadataRequest::default().with_topics(Some(vec![])))?;
+    ensure!(
+        none.topics.is_empty(),
+        "v1 empty topic list answered {:?}",
+        none.topics
+    );
+    // Creating it again is refused.
+    let again = create_topic(&mut c, "described", 3, &[]);
+    ensure!(
+        again
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains(&format!(
+                "error {}",
+                code(ResponseError::TopicAlreadyExists)
+            ))),
+        "duplicate CreateTopics: {again:?}"
+    );
     // All topics: v0 with an empty list, v1+ with null.
     let all = c.call(0, &MetadataRequest::default().with_topics(Some(vec![])))?;
     ensure!(all.topics.len() == 1, "v0 all topics: {:?}", all.topics);
@@ -139,5 +158,75 @@ fn auto_create_uses_the_default_partitions() -> Result<()> {
     );
     // The auto-created topic takes records.
     ensure!(produce_ok(&mut c, "auto", 2, simple_batch(None, 1)?)? == 0);
+    Ok(())
+}
+
+/// A deleted topic is gone by name and by id; recreating the name gives a new id and an
+/// empty log.
+#[test]
+fn delete_and_recreate_changes_the_topic_id() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut c = server.client()?;
+    let old = create_topic(&mut c, "phoenix", 1, &[])?;
+    produce_ok(&mut c, "phoenix", 0, simple_batch(None, 4)?)?;
+    for (version, by_id) in [(4i16, false), (6, true)] {
+        let t = create_topic(&mut c, &format!("doomed-v{version}"), 1, &[])?;
+        let req = if by_id {
+            DeleteTopicsRequest::default()
+                .with_topics(vec![DeleteTopicState::default().with_topic_id(t.id)])
+        } else {
+            DeleteTopicsRequest::default().with_topic_names(vec![topic_name(&t.name)])
+        };
+        let resp = c.call(version, &req.with_timeout_ms(10_000))?;
+        ensure!(
+            resp.responses.len() == 1 && resp.responses[0].error_code == 0,
+            "DeleteTopics v{version}: {resp:?}"
+        );
+        let t2 = only_topic(&metadata(&mut c, 9, &t.name, false)?)?.clone();
+        ensure!(
+            t2.error_code == code(ResponseError::UnknownTopicOrPartition),
+            "v{version} deleted topic: {t2:?}"
+        );
+    }
+    let resp = c.call(
+        6,
+        &DeleteTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![
+                DeleteTopicState::default().with_name(Some(topic_name("phoenix")))
+            ]),
+    )?;
+    ensure!(
+        resp.responses[0].error_code == 0 && resp.responses[0].topic_id == old.id,
+        "DeleteTopics: {resp:?}"
+    );
+    let again = c.call(
+        6,
+        &DeleteTopicsRequest::default()
+            .with_topic_names(vec![])
+            .with_topics(vec![DeleteTopicState::default().with_topic_id(old.id)]),
+    )?;
+    ensure!(
+        again.responses[0].error_code == code(ResponseError::UnknownTopicId),
+        "second delete: {again:?}"
+    );
+    let new = create_topic(&mut c, "phoenix", 1, &[])?;
+    ensure!(new.id != old.id, "recreated topic kept its id");
+    let data = fetch(&mut c, 13, &new, 0, 0)?;
+    ensure!(
+        data.error_code == 0 && data.high_watermark == 0,
+        "recreated topic is not empty: {data:?}"
+    );
+    let resp = c.call(13, &fetch_request(13, &old, &[(0, 0)]))?;
+    let p = &resp.responses[0].partitions[0];
+    ensure!(
+        p.error_code == code(ResponseError::UnknownTopicId),
+        "fetch by the deleted id: {}",
+        p.error_code
+    );
+    ensure!(
+        produce_ok(&mut c, "phoenix", 0, simple_batch(None, 1)?)? == 0,
+        "recreated topic starts at 0"
+    );
     Ok(())
 }

@@ -225,3 +225,39 @@ fn list_offsets_and_delete_records() -> Result<()> {
     ensure!(lookup(&mut c, 5, -2)?.0 == 5);
     Ok(())
 }
+
+#[test]
+fn several_batches_in_one_record_set_and_tiny_fetch_limits() -> Result<()> {
+    let server = Server::start(&[])?;
+    let mut c = server.client()?;
+    let topic = create_topic(&mut c, "multi", 1, &[])?;
+    // One partition's record set may hold several batches: offsets follow on.
+    let mut set = simple_batch(None, 2)?.to_vec();
+    set.extend_from_slice(&batch(None, &[("x", "y", T0), ("z", "w", T0)])?);
+    set.extend_from_slice(&simple_batch(None, 1)?);
+    ensure!(produce_ok(&mut c, "multi", 0, set.into())? == 0);
+    ensure!(produce_ok(&mut c, "multi", 0, simple_batch(None, 1)?)? == 5);
+    let data = fetch(&mut c, 11, &topic, 0, 0)?;
+    let got: Vec<i64> = decode_records(&data.records)?
+        .iter()
+        .map(|r| r.offset)
+        .collect();
+    ensure!(got == vec![0, 1, 2, 3, 4, 5], "offsets {got:?}");
+    // KIP-74: a limit smaller than the first batch still returns that one batch, and only it.
+    for v in [4i16, 11, 16] {
+        let mut req = fetch_request(v, &topic, &[(0, 2)]);
+        req.topics[0].partitions[0].partition_max_bytes = 1;
+        let resp = c.call(v, &req)?;
+        let records = decode_records(&resp.responses[0].partitions[0].records)?;
+        let got: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        ensure!(got == vec![2, 3], "v{v} partition_max_bytes=1: {got:?}");
+        let req = fetch_request(v, &topic, &[(0, 2)]).with_max_bytes(1);
+        let resp = c.call(v, &req)?;
+        let got: Vec<i64> = decode_records(&resp.responses[0].partitions[0].records)?
+            .iter()
+            .map(|r| r.offset)
+            .collect();
+        ensure!(got == vec![2, 3], "v{v} max_bytes=1: {got:?}");
+    }
+    Ok(())
+}

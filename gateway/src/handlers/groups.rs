@@ -8,6 +8,17 @@ use super::{code, message, RequestContext};
 use crate::groups::{GroupState, JoinRequest, Reply};
 use crate::Gateway;
 use bytes::Bytes;
+use kafka_protocol::messages::consumer_group_describe_request::ConsumerGroupDescribeRequest;
+use kafka_protocol::messages::consumer_group_describe_response::{
+    Assignment as DescribeAssignment, ConsumerGroupDescribeResponse,
+    DescribedGroup as ConsumerDescribedGroup, Member as ConsumerDescribedMember,
+    TopicPartitions as DescribeTopicPartitions,
+};
+use kafka_protocol::messages::consumer_group_heartbeat_request::ConsumerGroupHeartbeatRequest;
+use kafka_protocol::messages::consumer_group_heartbeat_response::{
+    Assignment as HeartbeatAssignment, ConsumerGroupHeartbeatResponse,
+    TopicPartitions as HeartbeatTopicPartitions,
+};
 use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
 use kafka_protocol::messages::delete_groups_response::{
     DeletableGroupResult, DeleteGroupsResponse,
@@ -263,12 +274,19 @@ pub async fn offset_commit(
     req: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let group = req.group_id.0.to_string();
-    let check = gw.groups.check_commit(
+    let check = match gw.consumer_groups.check_commit(
         &group,
-        req.generation_id_or_member_epoch,
         &req.member_id,
-        req.group_instance_id.as_deref(),
-    );
+        req.generation_id_or_member_epoch,
+    ) {
+        Some(result) => result,
+        None => gw.groups.check_commit(
+            &group,
+            req.generation_id_or_member_epoch,
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+        ),
+    };
     let now = weir_common::now_ms();
     let mut to_store = Vec::new();
     // (topic index, partition index, error) to answer.
@@ -468,6 +486,14 @@ fn fields(o: Option<CommittedOffset>) -> (i64, i32, String) {
 /// Groups known to this gateway: in memory, or with committed offsets only (Empty).
 async fn all_groups(gw: &Gateway) -> Vec<(String, GroupState, String, usize)> {
     let mut groups = gw.groups.list();
+    for (id, state, members) in gw.consumer_groups.list() {
+        let state = match state {
+            "Empty" => GroupState::Empty,
+            "Stable" => GroupState::Stable,
+            _ => GroupState::PreparingRebalance,
+        };
+        groups.push((id, state, "consumer".to_string(), members));
+    }
     if let Ok(stored) = gw.meta.offset_groups().await {
         for g in stored {
             if !groups.iter().any(|(id, ..)| *id == g) {
@@ -496,8 +522,16 @@ pub async fn list_groups(gw: &Gateway, version: i16, req: ListGroupsRequest) -> 
         .filter(|(_, st, _, _)| {
             states.is_empty() || states.contains(&st.name().to_ascii_lowercase())
         })
-        .filter(|_| types.is_empty() || types.iter().any(|t| t == "classic"))
+        .filter(|(id, ..)| {
+            let kind = if gw.consumer_groups.exists(id) {
+                "consumer"
+            } else {
+                "classic"
+            };
+            types.is_empty() || types.iter().any(|t| t == kind)
+        })
         .map(|(id, st, ptype, _)| {
+            let id_for_type = id.clone();
             let mut g = ListedGroup::default()
                 .with_group_id(GroupId(s(id)))
                 .with_protocol_type(s(ptype));
@@ -505,7 +539,12 @@ pub async fn list_groups(gw: &Gateway, version: i16, req: ListGroupsRequest) -> 
                 g = g.with_group_state(s(st.name()));
             }
             if version >= 5 {
-                g = g.with_group_type(s("classic"));
+                let kind = if gw.consumer_groups.exists(&id_for_type) {
+                    "consumer"
+                } else {
+                    "classic"
+                };
+                g = g.with_group_type(s(kind));
             }
             g
         })
@@ -578,7 +617,11 @@ pub async fn delete_groups(
 ) -> DeleteGroupsResponse {
     let mut results = Vec::new();
     for id in req.groups_names {
-        let error = match gw.groups.delete(&id.0) {
+        let error = match gw
+            .consumer_groups
+            .delete(&id.0)
+            .and_then(|a| gw.groups.delete(&id.0).map(|b| a || b))
+        {
             Err(e) => Some(e),
             Ok(in_memory) => match gw.meta.delete_offsets(&id.0, None).await {
                 Ok(n) if n == 0 && !in_memory => Some(ResponseError::GroupIdNotFound),
@@ -670,4 +713,149 @@ pub async fn offset_delete(
         }
     }
     OffsetDeleteResponse::default().with_topics(topics)
+}
+
+/// Resolves a subscribed topic name to (topic id, partition count).
+fn topic_info(gw: &Gateway) -> impl Fn(&str) -> Option<(uuid::Uuid, i32)> + '_ {
+    move |name: &str| {
+        gw.registry
+            .topic(name)
+            .map(|t| (t.id.0, t.partition_count()))
+    }
+}
+
+pub fn consumer_group_heartbeat(
+    gw: &Gateway,
+    ctx: &RequestContext,
+    req: ConsumerGroupHeartbeatRequest,
+) -> ConsumerGroupHeartbeatResponse {
+    let group = req.group_id.0.to_string();
+    let classic_busy = gw.groups.get(&group).is_some_and(|g| {
+        !g.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .members
+            .is_empty()
+    });
+    if classic_busy {
+        return ConsumerGroupHeartbeatResponse::default()
+            .with_error_code(code(ResponseError::GroupIdNotFound))
+            .with_error_message(message(format!(
+                "group {group} is a classic group with active members"
+            )));
+    }
+    let hb = crate::consumer_groups::HeartbeatRequest {
+        group_id: group,
+        member_id: req.member_id.to_string(),
+        member_epoch: req.member_epoch,
+        instance_id: opt(req.instance_id.as_ref()),
+        rack_id: opt(req.rack_id.as_ref()),
+        client_id: ctx.client_id.clone(),
+        client_host: ctx.client_host.clone(),
+        subscribed: req
+            .subscribed_topic_names
+            .map(|ts| ts.iter().map(|t| t.0.to_string()).collect()),
+        assignor: opt(req.server_assignor.as_ref()),
+        owned: req.topic_partitions.map(|ts| {
+            ts.iter()
+                .flat_map(|t| t.partitions.iter().map(move |p| (t.topic_id, *p)))
+                .collect()
+        }),
+    };
+    let lookup = topic_info(gw);
+    match gw.consumer_groups.heartbeat(hb, &lookup) {
+        Ok(r) => {
+            let assignment = r.assignment.map(|tps| {
+                let mut by_topic: BTreeMap<uuid::Uuid, Vec<i32>> = BTreeMap::new();
+                for (t, p) in tps {
+                    by_topic.entry(t).or_default().push(p);
+                }
+                HeartbeatAssignment::default().with_topic_partitions(
+                    by_topic
+                        .into_iter()
+                        .map(|(t, ps)| {
+                            HeartbeatTopicPartitions::default()
+                                .with_topic_id(t)
+                                .with_partitions(ps)
+                        })
+                        .collect(),
+                )
+            });
+            ConsumerGroupHeartbeatResponse::default()
+                .with_member_id(Some(s(r.member_id)))
+                .with_member_epoch(r.member_epoch)
+                .with_heartbeat_interval_ms(
+                    i32::try_from(r.heartbeat_interval.as_millis()).unwrap_or(5000),
+                )
+                .with_assignment(assignment)
+        }
+        Err(e) => ConsumerGroupHeartbeatResponse::default().with_error_code(code(e)),
+    }
+}
+
+pub fn consumer_group_describe(
+    gw: &Gateway,
+    _version: i16,
+    req: ConsumerGroupDescribeRequest,
+) -> ConsumerGroupDescribeResponse {
+    let names = |tps: &[(uuid::Uuid, i32)]| -> DescribeAssignment {
+        let mut by_topic: BTreeMap<uuid::Uuid, Vec<i32>> = BTreeMap::new();
+        for (t, p) in tps {
+            by_topic.entry(*t).or_default().push(*p);
+        }
+        DescribeAssignment::default().with_topic_partitions(
+            by_topic
+                .into_iter()
+                .map(|(t, ps)| {
+                    let name = gw
+                        .registry
+                        .topic_by_id(weir_common::TopicId(t))
+                        .map(|x| x.name.clone())
+                        .unwrap_or_default();
+                    DescribeTopicPartitions::default()
+                        .with_topic_id(t)
+                        .with_topic_name(TopicName(s(name)))
+                        .with_partitions(ps)
+                })
+                .collect(),
+        )
+    };
+    let groups = req
+        .group_ids
+        .into_iter()
+        .map(|id| match gw.consumer_groups.describe(&id.0) {
+            Some(v) => ConsumerDescribedGroup::default()
+                .with_group_id(id)
+                .with_group_state(s(v.state))
+                .with_group_epoch(v.epoch)
+                .with_assignment_epoch(v.assignment_epoch)
+                .with_assignor_name(s(v.assignor))
+                .with_members(
+                    v.members
+                        .iter()
+                        .map(|m| {
+                            ConsumerDescribedMember::default()
+                                .with_member_id(s(m.member_id.clone()))
+                                .with_instance_id(m.instance_id.clone().map(s))
+                                .with_rack_id(m.rack_id.clone().map(s))
+                                .with_member_epoch(m.member_epoch)
+                                .with_client_id(s(m.client_id.clone()))
+                                .with_client_host(s(m.client_host.clone()))
+                                .with_subscribed_topic_names(
+                                    m.subscribed
+                                        .iter()
+                                        .map(|t| TopicName(s(t.clone())))
+                                        .collect(),
+                                )
+                                .with_assignment(names(&m.assignment))
+                                .with_target_assignment(names(&m.target))
+                        })
+                        .collect(),
+                ),
+            None => ConsumerDescribedGroup::default()
+                .with_group_id(id.clone())
+                .with_error_code(code(ResponseError::GroupIdNotFound))
+                .with_error_message(message(format!("group {} is not a consumer group", id.0))),
+        })
+        .collect();
+    ConsumerGroupDescribeResponse::default().with_groups(groups)
 }

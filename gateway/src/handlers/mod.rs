@@ -46,6 +46,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
 /// Whether `version` of `key` is implemented.
@@ -241,6 +243,12 @@ pub async fn handle(
             }),
             true,
         ),
+        RequestKind::ConsumerGroupHeartbeat(req) => ready(ResponseKind::ConsumerGroupHeartbeat(
+            groups::consumer_group_heartbeat(gateway, ctx, req),
+        )),
+        RequestKind::ConsumerGroupDescribe(req) => ready(ResponseKind::ConsumerGroupDescribe(
+            groups::consumer_group_describe(gateway, v, req),
+        )),
         other => {
             // Unreachable: the connection decodes only SUPPORTED keys. Answer nothing rather
             // than guess a layout.
