@@ -3,7 +3,9 @@
 //! It owns the Kafka listener and everything Kafka-shaped: framing ([`conn`]), the request
 //! guard that keeps hostile frames from reaching the decoder ([`guard`]), the handlers
 //! ([`handlers`]) for each API, record batch validation and offset assignment ([`batch`]),
-//! topic configs ([`config`]) and the tail state of the partitions it leads ([`broker`]).
+//! topic configs ([`config`]), the tail state of the partitions it leads ([`broker`]), the
+//! consumer group coordinators (classic: [`groups`], KIP-848: [`consumer_groups`]) and the
+//! lag report ([`lag`]).
 //! Every Kafka message is decoded and encoded with the `kafka-protocol` crate; Kafka types
 //! never leave this crate: storage and metadata are reached through their traits with
 //! Weir's own types.
