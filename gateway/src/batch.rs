@@ -233,16 +233,91 @@ fn zigzag(buf: &mut &[u8], max_bytes: usize) -> Option<i64> {
     None
 }
 
-/// The (offset, timestamp) of each record of an uncompressed batch, read from the record
-/// framing only (length, attributes, timestamp delta, offset delta); keys, values and headers
-/// are skipped. `kafka-protocol`'s record decoder is not used here because it reserves
-/// memory from header counts taken from the wire. Stops at the first malformed record.
+/// Largest decompressed record section read for ListOffsets (a batch that inflates beyond it
+/// is treated as unreadable rather than allowed to exhaust memory).
+pub const MAX_DECOMPRESSED: usize = 64 << 20;
+
+const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
+
+fn read_capped(mut reader: impl std::io::Read, cap: usize) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    let read = std::io::Read::take(&mut reader, cap as u64 + 1)
+        .read_to_end(&mut out)
+        .ok()?;
+    (read <= cap).then_some(out)
+}
+
+fn snappy_block(block: &[u8], budget: &mut usize, out: &mut Vec<u8>) -> Option<()> {
+    let len = snap::raw::decompress_len(block).ok()?;
+    *budget = budget.checked_sub(len)?;
+    out.extend_from_slice(&snap::raw::Decoder::new().decompress_vec(block).ok()?);
+    Some(())
+}
+
+/// Decompresses a batch's record section (codec from the batch attributes), refusing to
+/// produce more than `cap` bytes.
+pub fn decompress_records(codec: i16, data: &[u8], cap: usize) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    match codec {
+        0 => Some(data.to_vec()),
+        1 => read_capped(flate2::read::GzDecoder::new(data), cap),
+        2 => {
+            let mut out = Vec::new();
+            let mut budget = cap;
+            if data.starts_with(XERIAL_MAGIC) && data.len() >= 16 {
+                // snappy-java framing: 16-byte header, then (u32 length, raw block) pairs.
+                let mut rest = &data[16..];
+                while !rest.is_empty() {
+                    let len = rest
+                        .get(..4)
+                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)?;
+                    let block = rest.get(4..4 + len)?;
+                    snappy_block(block, &mut budget, &mut out)?;
+                    rest = &rest[4 + len..];
+                }
+            } else {
+                snappy_block(data, &mut budget, &mut out)?;
+            }
+            Some(out)
+        }
+        3 => read_capped(lz4::Decoder::new(data).ok()?, cap),
+        4 => {
+            let mut decoder = zstd::stream::read::Decoder::new(data).ok()?;
+            let mut out = Vec::new();
+            let read = (&mut decoder)
+                .take(cap as u64 + 1)
+                .read_to_end(&mut out)
+                .ok()?;
+            (read <= cap).then_some(out)
+        }
+        _ => None,
+    }
+}
+
+/// The (offset, timestamp) of each record of a batch, read from the record framing only
+/// (length, attributes, timestamp delta, offset delta); keys, values and headers are skipped.
+/// Compressed batches are decompressed with a cap ([`MAX_DECOMPRESSED`]).
+/// `kafka-protocol`'s record decoder is not used because it reserves memory from header counts
+/// taken from the wire. Stops at the first malformed record.
 pub fn record_times(batch: &[u8], header: &BatchHeader) -> Vec<(i64, i64)> {
     let mut out = Vec::new();
-    if header.compression() != 0 || batch.len() < HEADER_LEN {
+    if batch.len() < HEADER_LEN {
         return out;
     }
-    let mut rest = &batch[HEADER_LEN..batch.len().min(header.size)];
+    let section = &batch[HEADER_LEN..batch.len().min(header.size)];
+    let decompressed;
+    let mut rest: &[u8] = if header.compression() == 0 {
+        section
+    } else {
+        match decompress_records(header.compression(), section, MAX_DECOMPRESSED) {
+            Some(d) => {
+                decompressed = d;
+                &decompressed
+            }
+            None => return out,
+        }
+    };
     for _ in 0..header.records_count {
         let Some(len) = zigzag(&mut rest, 5) else {
             break;
@@ -392,6 +467,44 @@ mod tests {
         // Truncated or lying record framing stops the scan instead of reading past the batch.
         assert!(record_times(&buf[..HEADER_LEN + 3], &h).len() < 4);
         Ok(())
+    }
+
+    #[test]
+    fn record_times_of_compressed_batches() -> Result<(), String> {
+        for compression in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let buf = encode(5, compression, -1);
+            let h = parse_header(&buf).map_err(|e| e.to_string())?;
+            let times = record_times(&buf, &h);
+            assert_eq!(times.len(), 5, "{compression:?}");
+            assert_eq!(times[4], (4, 1_700_000_000_004));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn decompression_is_capped() {
+        // 1 MiB of zeros compresses to a few KiB; a 64 KiB cap refuses it.
+        let zeros = vec![0u8; 1 << 20];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let packed = std::io::Write::write_all(&mut gz, &zeros)
+            .ok()
+            .and_then(|_| gz.finish().ok())
+            .unwrap_or_default();
+        assert!(packed.len() < 10_000);
+        assert!(decompress_records(1, &packed, 64 << 10).is_none());
+        assert_eq!(
+            decompress_records(1, &packed, 2 << 20).map(|v| v.len()),
+            Some(1 << 20)
+        );
+        let z = zstd::encode_all(&zeros[..], 19).unwrap_or_default();
+        assert!(decompress_records(4, &z, 64 << 10).is_none());
+        // A raw snappy block that claims a huge length is refused before any allocation.
+        assert!(decompress_records(2, &[0xff, 0xff, 0xff, 0xff, 0x0f, 0x00], 1 << 20).is_none());
     }
 
     #[test]

@@ -152,3 +152,118 @@ fn acks_zero_gets_no_response_but_is_written() -> Result<()> {
     ensure!(data.high_watermark == 6);
     Ok(())
 }
+
+/// message.timestamp.type=LogAppendTime: the broker stamps the batch (and fixes its CRC).
+#[test]
+fn log_append_time_topics_stamp_batches() -> Result<()> {
+    use kafka_protocol::records::TimestampType;
+    let server = Server::start(&[])?;
+    let mut c = server.client()?;
+    let topic = create_topic(
+        &mut c,
+        "stamped",
+        1,
+        &[("message.timestamp.type", "LogAppendTime")],
+    )?;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let p = produce(&mut c, 9, -1, "stamped", 0, simple_batch(None, 3)?)?;
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    ensure!(p.error_code == 0, "produce: {p:?}");
+    let stamp = p.log_append_time_ms;
+    ensure!(
+        (before - 1000..=after + 1000).contains(&stamp),
+        "log_append_time_ms {stamp} not now ({before}..{after})"
+    );
+    // The decoder checks the CRC-32C, so this also proves the rewritten batch is valid.
+    let data = fetch(&mut c, 11, &topic, 0, 0)?;
+    let records = decode_records(&data.records)?;
+    ensure!(records.len() == 3, "{} records", records.len());
+    ensure!(
+        records
+            .iter()
+            .all(|r| r.timestamp_type == TimestampType::LogAppend),
+        "records {records:?}"
+    );
+    // Readers take a LogAppendTime batch's max timestamp (bytes 35..43) as every record's.
+    let raw = data.records.unwrap_or_default();
+    ensure!(raw.len() > 43, "no batch");
+    let max_timestamp = i64::from_be_bytes(raw[35..43].try_into()?);
+    ensure!(
+        max_timestamp == stamp,
+        "batch max timestamp {max_timestamp}, append time {stamp}"
+    );
+    let found = list_offset(&mut c, 5, "stamped", 0, stamp)?;
+    ensure!(
+        found.error_code == 0 && found.offset == 0 && found.timestamp == stamp,
+        "lookup by the stamp: {found:?}"
+    );
+    Ok(())
+}
+
+/// Each partition of a request is answered on its own: a bad one does not sink a good one.
+#[test]
+fn partitions_of_one_request_are_independent() -> Result<()> {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let server = Server::start(&[])?;
+    let mut c = server.client()?;
+    create_topic(&mut c, "pair", 2, &[])?;
+    let good = simple_batch(None, 2)?;
+    let mut corrupt = BytesMut::from(&good[..]);
+    corrupt[20] ^= 0x40;
+    let part = |index: i32, records: Option<Bytes>| {
+        PartitionProduceData::default()
+            .with_index(index)
+            .with_records(records)
+    };
+    for v in VERSIONS {
+        let req = produce_request(-1, "pair", 0, good.clone()).with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(topic_name("pair"))
+                .with_partition_data(vec![
+                    part(0, Some(good.clone())),
+                    part(1, Some(corrupt.clone().freeze())),
+                    part(9, Some(good.clone())),
+                    part(1, None),
+                ]),
+            TopicProduceData::default()
+                .with_name(topic_name("nope"))
+                .with_partition_data(vec![part(0, Some(good.clone()))]),
+        ]);
+        let resp = c.call(v, &req)?;
+        let codes: Vec<Vec<(i32, i16)>> = resp
+            .responses
+            .iter()
+            .map(|t| {
+                t.partition_responses
+                    .iter()
+                    .map(|p| (p.index, p.error_code))
+                    .collect()
+            })
+            .collect();
+        let corrupt_code = code(ResponseError::CorruptMessage);
+        let unknown = code(ResponseError::UnknownTopicOrPartition);
+        ensure!(
+            codes.len() == 2 && codes[1] == vec![(0, unknown)],
+            "v{v}: {codes:?}"
+        );
+        let first = &codes[0];
+        ensure!(
+            first.len() == 4
+                && first[0] == (0, 0)
+                && first[1] == (1, corrupt_code)
+                && first[2] == (9, unknown),
+            "v{v}: {codes:?}"
+        );
+        ensure!(
+            first[3].0 == 1 && first[3].1 != 0,
+            "v{v}: null records accepted: {codes:?}"
+        );
+    }
+    ensure!(log_end(&mut c, "pair", 0)? == 2 * VERSIONS.len() as i64);
+    ensure!(log_end(&mut c, "pair", 1)? == 0);
+    Ok(())
+}

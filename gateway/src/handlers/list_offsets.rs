@@ -106,10 +106,8 @@ async fn max_timestamp(
 
 /// The first record (at or after `start`) in the entry whose timestamp satisfies `hit`.
 ///
-/// Uncompressed batches are decoded to find the exact record. Compressed batches are not
-/// decompressed here (an untrusted batch could be a decompression bomb): the batch's first
-/// offset is answered, which is exact when the batch's first record matches and otherwise
-/// the earliest offset that can hold the match.
+/// Record timestamps are read from the record framing (compressed batches are decompressed
+/// with a cap, so an untrusted batch cannot be a decompression bomb).
 async fn find_in_entry(
     gw: &Gateway,
     entry: &IndexEntry,
@@ -128,14 +126,6 @@ async fn find_in_entry(
         let log_append_time = h.attributes & 0x08 != 0;
         if log_append_time {
             return Ok(Some((h.max_timestamp, h.base_offset.max(start))));
-        }
-        if h.compression() != 0 {
-            let ts = if hit(h.first_timestamp) {
-                h.first_timestamp
-            } else {
-                h.max_timestamp
-            };
-            return Ok(Some((ts, h.base_offset.max(start))));
         }
         let times = batch::record_times(&bytes[pos..pos + h.size], &h);
         if let Some(&(offset, ts)) = times.iter().find(|(o, t)| *o >= start && hit(*t)) {
