@@ -142,8 +142,10 @@ enum FrameError {
 
 /// The smallest request: api key, api version, correlation id.
 const MIN_FRAME: usize = 8;
+/// How much more buffer a frame read reserves at a time.
+const READ_CHUNK: usize = 1 << 20;
 
-async fn read_frame<R: AsyncReadExt + Unpin>(
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> Result<Option<Bytes>, FrameError> {
@@ -159,8 +161,17 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
     if len > max {
         return Err(FrameError::Close(CloseReason::TooLarge { len, max }));
     }
-    let mut buf = BytesMut::zeroed(len);
-    reader.read_exact(&mut buf).await.map_err(FrameError::Io)?;
+    // Grow with the bytes that actually arrive: a client that announces a large frame and
+    // then trickles (or stops) holds only what it sent.
+    let mut buf = BytesMut::with_capacity(len.min(READ_CHUNK));
+    let mut limited = reader.take(len as u64);
+    while buf.len() < len {
+        buf.reserve((len - buf.len()).min(READ_CHUNK));
+        let n = limited.read_buf(&mut buf).await.map_err(FrameError::Io)?;
+        if n == 0 {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
     Ok(Some(buf.freeze()))
 }
 
