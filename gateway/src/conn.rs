@@ -142,6 +142,10 @@ enum FrameError {
 
 /// The smallest request: api key, api version, correlation id.
 const MIN_FRAME: usize = 8;
+/// A connection with no request for this long is closed (Kafka's connections.max.idle.ms).
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// A request frame must arrive whole within this time once its length was read.
+const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// How much more buffer a frame read reserves at a time.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -149,10 +153,11 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> Result<Option<Bytes>, FrameError> {
-    let len = match reader.read_i32().await {
-        Ok(len) => len,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(FrameError::Io(e)),
+    let len = match tokio::time::timeout(IDLE_TIMEOUT, reader.read_i32()).await {
+        Err(_) => return Err(FrameError::Io(std::io::Error::other("idle connection timed out"))),
+        Ok(Ok(len)) => len,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Ok(Err(e)) => return Err(FrameError::Io(e)),
     };
     if len < MIN_FRAME as i32 {
         return Err(FrameError::Close(CloseReason::BadLength(i64::from(len))));
@@ -165,14 +170,20 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     // then trickles (or stops) holds only what it sent.
     let mut buf = BytesMut::with_capacity(len.min(READ_CHUNK));
     let mut limited = reader.take(len as u64);
-    while buf.len() < len {
-        buf.reserve((len - buf.len()).min(READ_CHUNK));
-        let n = limited.read_buf(&mut buf).await.map_err(FrameError::Io)?;
-        if n == 0 {
-            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    let body = async {
+        while buf.len() < len {
+            buf.reserve((len - buf.len()).min(READ_CHUNK));
+            if limited.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
         }
+        Ok(())
+    };
+    match tokio::time::timeout(FRAME_TIMEOUT, body).await {
+        Ok(Ok(())) => Ok(Some(buf.freeze())),
+        Ok(Err(e)) => Err(FrameError::Io(e)),
+        Err(_) => Err(FrameError::Io(std::io::Error::other("request frame not received in time"))),
     }
-    Ok(Some(buf.freeze()))
 }
 
 /// Decodes one frame and starts its handler. Returns the response future and whether the
