@@ -337,6 +337,11 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     let local = listener.local_addr()?;
     let (host, port) = match &settings.advertise {
         Some(a) => parse_host_port(a)?,
+        None if local.ip().is_unspecified() => {
+            tracing::warn!(listen = %local, "listening on all interfaces without --advertise: \
+                clients are told 127.0.0.1; set --advertise host:port for remote clients");
+            ("127.0.0.1".to_string(), i32::from(local.port()))
+        }
         None => weir_gateway::advertise_from(local),
     };
     let config = GatewayConfig {
