@@ -154,7 +154,11 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     max: usize,
 ) -> Result<Option<Bytes>, FrameError> {
     let len = match tokio::time::timeout(IDLE_TIMEOUT, reader.read_i32()).await {
-        Err(_) => return Err(FrameError::Io(std::io::Error::other("idle connection timed out"))),
+        Err(_) => {
+            return Err(FrameError::Io(std::io::Error::other(
+                "idle connection timed out",
+            )))
+        }
         Ok(Ok(len)) => len,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Ok(Err(e)) => return Err(FrameError::Io(e)),
@@ -182,7 +186,9 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     match tokio::time::timeout(FRAME_TIMEOUT, body).await {
         Ok(Ok(())) => Ok(Some(buf.freeze())),
         Ok(Err(e)) => Err(FrameError::Io(e)),
-        Err(_) => Err(FrameError::Io(std::io::Error::other("request frame not received in time"))),
+        Err(_) => Err(FrameError::Io(std::io::Error::other(
+            "request frame not received in time",
+        ))),
     }
 }
 

@@ -571,10 +571,11 @@ impl Coordinator {
                 if let Some(old) = g.statics.get(iid).cloned() {
                     // A new instance of a static member takes over; the old one is fenced.
                     let was_leader = g.leader.as_deref() == Some(old.as_str());
+                    // The group's protocol choice survives if the new instance supports it.
                     let unchanged = g
-                        .members
-                        .get(&old)
-                        .is_some_and(|m| m.protocols == req.protocols);
+                        .protocol
+                        .as_ref()
+                        .is_some_and(|p| req.protocols.iter().any(|(n, _)| n == p));
                     if let Some(mut m) = g.members.remove(&old) {
                         if let Some(w) = m.join_waiter.take() {
                             let _ =
@@ -596,8 +597,16 @@ impl Coordinator {
                         g.leader = Some(member_id.clone());
                     }
                     tracing::info!(group = %g.id, instance = %iid, old = %old, new = %member_id, "static member replaced");
-                    if g.state == GroupState::Stable && unchanged && !was_leader {
-                        return Reply::Now(g.join_result_for(&member_id));
+                    if g.state == GroupState::Stable && unchanged {
+                        // As Kafka: no rebalance. The answer names the old leader id, so a
+                        // restarted leader does not compute (and cannot broadcast) a new
+                        // assignment; SyncGroup returns the member's current one.
+                        let mut result = g.join_result_for(&member_id);
+                        result.members.clear();
+                        if was_leader {
+                            result.leader = old.clone();
+                        }
+                        return Reply::Now(result);
                     }
                     return self.wait_join(&mut g, &member_id, now);
                 }

@@ -217,10 +217,20 @@ async fn static_members_are_fenced_and_replaced() -> Result<(), String> {
         vec![(old.clone(), Bytes::from_static(b"P"))],
     ))
     .await;
-    // A restarted instance (same instance id) takes over; the old member id is fenced.
-    let jn = later(c.join(join_req("", Some("i-1"), 10_000)));
-    let rn = jn.await.map_err(|e| e.to_string())?;
+    // A restarted instance (same instance id) takes over without a rebalance; the old member
+    // id is fenced. It was the leader: the answer names the old id so it computes nothing.
+    let rn = now(c.join(join_req("", Some("i-1"), 10_000)));
     assert_ne!(rn.member_id, old);
+    assert_eq!(
+        (rn.generation, rn.leader.as_str(), rn.members.len()),
+        (1, old.as_str(), 0)
+    );
+    let sn = now(c.sync("g", 1, &rn.member_id, Some("i-1"), (None, None), vec![]));
+    assert_eq!(
+        sn.assignment,
+        Bytes::from_static(b"P"),
+        "the current assignment, unchanged"
+    );
     assert_eq!(
         c.heartbeat("g", rn.generation, &old, Some("i-1")),
         Some(ResponseError::FencedInstanceId)

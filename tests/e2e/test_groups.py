@@ -21,9 +21,8 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import (OFFSET_INVALID, Consumer, ConsumerGroupState,
-                             ConsumerGroupTopicPartitions, KafkaError, KafkaException,
-                             TopicPartition)
+from confluent_kafka import (OFFSET_INVALID, Consumer, ConsumerGroupState, KafkaError,
+                             KafkaException, TopicPartition)
 
 from helpers import (JS_DIR, RDKAFKA_LOG, admin, create_topic, flush_all, produce_values,
                      producer, unique_topic, wait_until, watermarks)
