@@ -863,3 +863,83 @@ def test_static_membership_rejoin_and_fencing(weir_factory, restarted, strategy)
             m.join(60)
     for m in everyone:
         assert not m.is_alive(), f"{m.name} did not close"
+
+
+# -- KIP-848: group.protocol=consumer --------------------------------------------------------
+@pytest.mark.timeout(180)
+def test_consumer_protocol_kip848_assigns_every_partition_once(weir_factory):
+    """librdkafka with group.protocol=consumer: server-side assignment, partitions move from a
+    member to a newcomer only after release, every record is read exactly once."""
+    server = weir_factory(*FAST)
+    b = server.bootstrap
+    n_parts = 6
+    topic = unique_topic("kip848")
+    group = unique_group("g-848")
+    create_topic(b, topic, partitions=n_parts)
+    values = _produce_spread(b, topic, n_parts, 600, "k848")
+    first = Member("c848-0", b, group, topic)
+    for k in ("session.timeout.ms", "heartbeat.interval.ms"):
+        first.conf.pop(k, None)
+    first.conf["group.protocol"] = "consumer"
+    first.start()
+    wait_until(lambda: len(first.snapshot()) == n_parts, 20, what="first member owns every partition")
+    second = Member("c848-1", b, group, topic)
+    for k in ("session.timeout.ms", "heartbeat.interval.ms"):
+        second.conf.pop(k, None)
+    second.conf["group.protocol"] = "consumer"
+    second.start()
+
+    def balanced():
+        a, c = first.snapshot(), second.snapshot()
+        return len(a) == 3 and len(c) == 3 and not (a & c)
+
+    wait_until(balanced, 30, what="partitions split 3/3 between the two members")
+    # Every record is delivered (committed progress is per member; nothing is read twice
+    # after it was committed by another member).
+    def all_read():
+        with first.lock, second.lock:
+            got = {v for (_, _, v, _) in first.deliveries + second.deliveries}
+        return values <= got
+
+    wait_until(all_read, 30, what="every record consumed")
+    first.stop()
+    second.stop()
+    committed_then_reread = []
+    for m in (first, second):
+        for (p, next_offset, t) in m.commits:
+            for other in (first, second):
+                if other is m:
+                    continue
+                committed_then_reread += [(p, o) for (pp, o, _, td) in other.deliveries
+                                          if pp == p and o < next_offset and td > t]
+    assert not committed_then_reread, f"records re-read after being committed: {committed_then_reread[:5]}"
+    # The group is visible as a consumer-protocol group while it exists.
+    ends = end_offsets(b, topic, range(n_parts))
+    got = committed_offsets(b, group, topic, range(n_parts))
+    assert {p: tp.offset for p, tp in got.items()} == ends
+
+
+# -- weir lag ------------------------------------------------------------------------------
+def test_weir_lag_reports_committed_log_end_and_lag(weir_factory):
+    from conftest import weir_bin
+    server = weir_factory(*FAST)
+    b = server.bootstrap
+    topic = unique_topic("lag")
+    group = unique_group("g-lag")
+    create_topic(b, topic, partitions=2)
+    produce_values(b, topic, [b"v%d" % i for i in range(10)], partition=0)
+    produce_values(b, topic, [b"w%d" % i for i in range(4)], partition=1)
+    c = Consumer(group_consumer_conf(b, group))
+    res = c.commit(offsets=[TopicPartition(topic, 0, 7), TopicPartition(topic, 1, 4)], asynchronous=False)
+    assert all(tp.error is None for tp in res)
+    c.close()
+    out = subprocess.run([str(weir_bin()), "lag", "--bootstrap-server", b, "--group", group, "--json"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    rows = sorted((json.loads(l) for l in out.stdout.splitlines() if l.strip()), key=lambda r: r["partition"])
+    assert [(r["partition"], r["committed"], r["log_end"], r["lag"]) for r in rows] == [(0, 7, 10, 3), (1, 4, 4, 0)]
+    assert all(r["group"] == group and r["topic"] == topic for r in rows)
+    table = subprocess.run([str(weir_bin()), "lag", "--bootstrap-server", b],
+                           capture_output=True, text=True, timeout=30)
+    assert table.returncode == 0, table.stderr
+    assert f"group {group}: total lag 3" in table.stdout
