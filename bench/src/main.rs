@@ -25,7 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Parser, Debug)]
-#[command(name = "weir-bench", version, about = "Benchmark a Kafka-compatible address with librdkafka")]
+#[command(
+    name = "weir-bench",
+    version,
+    about = "Benchmark a Kafka-compatible address with librdkafka"
+)]
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
@@ -135,7 +139,10 @@ struct E2eArgs {
 }
 
 fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 /// Fills `buf` with the record for `seq`.
@@ -192,7 +199,8 @@ fn rss_bytes(pid: u32) -> Option<u64> {
 impl BrokerSampler {
     fn start(pid: Option<u32>) -> Result<Option<Self>> {
         let Some(pid) = pid else { return Ok(None) };
-        let start_cpu = cpu_seconds(pid).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+        let start_cpu =
+            cpu_seconds(pid).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
         let peak_rss = Arc::new(AtomicU64::new(rss_bytes(pid).unwrap_or(0)));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
@@ -206,7 +214,13 @@ impl BrokerSampler {
                 }
             })
         };
-        Ok(Some(BrokerSampler { pid, start_cpu, peak_rss, stop, thread: Some(thread) }))
+        Ok(Some(BrokerSampler {
+            pid,
+            start_cpu,
+            peak_rss,
+            stop,
+            thread: Some(thread),
+        }))
     }
 
     /// (CPU seconds used, peak RSS bytes).
@@ -215,7 +229,9 @@ impl BrokerSampler {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let cpu = cpu_seconds(self.pid).map(|c| c - self.start_cpu).unwrap_or(f64::NAN);
+        let cpu = cpu_seconds(self.pid)
+            .map(|c| c - self.start_cpu)
+            .unwrap_or(f64::NAN);
         (cpu, self.peak_rss.load(Ordering::Relaxed))
     }
 }
@@ -224,7 +240,9 @@ fn client_config(common: &Common) -> Result<ClientConfig> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &common.bootstrap);
     for kv in &common.settings {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--set {kv}: expected key=value"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv}: expected key=value"))?;
         cfg.set(k, v);
     }
     Ok(cfg)
@@ -237,7 +255,10 @@ fn producer_config(common: &Common, p: &ProducerOpts) -> Result<ClientConfig> {
         .set("batch.size", p.batch_size.to_string())
         .set("compression.codec", &p.compression)
         .set("enable.idempotence", p.idempotence.to_string())
-        .set("max.in.flight.requests.per.connection", p.max_in_flight.to_string())
+        .set(
+            "max.in.flight.requests.per.connection",
+            p.max_in_flight.to_string(),
+        )
         .set("queue.buffering.max.kbytes", "1048576")
         .set("queue.buffering.max.messages", "1000000")
         .set("message.timeout.ms", "120000");
@@ -251,7 +272,9 @@ fn producer_config(common: &Common, p: &ProducerOpts) -> Result<ClientConfig> {
 }
 
 fn ensure_topic(common: &Common, partitions: Option<i32>) -> Result<()> {
-    let Some(partitions) = partitions else { return Ok(()) };
+    let Some(partitions) = partitions else {
+        return Ok(());
+    };
     let admin: AdminClient<DefaultClientContext> = client_config(common)?.create()?;
     let topic = NewTopic::new(&common.topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -363,7 +386,8 @@ fn produce_loop(
         }
         fill(&mut value, seq, now_us());
         let key = seq.to_string();
-        let mut record = BaseRecord::with_opaque_to(topic, Box::new(Instant::now())).payload(&value[..]);
+        let mut record =
+            BaseRecord::with_opaque_to(topic, Box::new(Instant::now())).payload(&value[..]);
         if opts.keys {
             record = record.key(key.as_bytes());
         }
@@ -381,7 +405,7 @@ fn produce_loop(
             }
         }
         seq += 1;
-        if seq % 1024 == 0 {
+        if seq.is_multiple_of(1024) {
             producer.poll(Duration::ZERO);
         }
         if last_progress.elapsed() >= Duration::from_secs(1) {
@@ -389,7 +413,9 @@ fn produce_loop(
             last_progress = Instant::now();
         }
     }
-    producer.flush(Duration::from_secs(120)).context("flushing the producer")?;
+    producer
+        .flush(Duration::from_secs(120))
+        .context("flushing the producer")?;
     Ok((seq, seq * size as u64, started.elapsed()))
 }
 
@@ -400,9 +426,17 @@ struct Report {
 
 impl Report {
     fn new(mode: &str) -> Self {
-        Report { fields: vec![("mode", mode.into())], lines: Vec::new() }
+        Report {
+            fields: vec![("mode", mode.into())],
+            lines: Vec::new(),
+        }
     }
-    fn add(&mut self, key: &'static str, value: impl Into<serde_json::Value>, line: Option<String>) {
+    fn add(
+        &mut self,
+        key: &'static str,
+        value: impl Into<serde_json::Value>,
+        line: Option<String>,
+    ) {
         self.fields.push((key, value.into()));
         if let Some(l) = line {
             self.lines.push(l);
@@ -414,14 +448,30 @@ impl Report {
             let gib = bytes as f64 / (1u64 << 30) as f64;
             let per_gib = if gib > 0.0 { cpu / gib } else { f64::NAN };
             self.add("broker_cpu_s", cpu, None);
-            self.add("broker_cpu_s_per_gib", per_gib, Some(format!("broker CPU      {cpu:.2} s ({per_gib:.2} s per GiB)")));
-            self.add("broker_peak_rss_mib", rss as f64 / (1 << 20) as f64, Some(format!("broker peak RSS {:.1} MiB", rss as f64 / (1 << 20) as f64)));
+            self.add(
+                "broker_cpu_s_per_gib",
+                per_gib,
+                Some(format!(
+                    "broker CPU      {cpu:.2} s ({per_gib:.2} s per GiB)"
+                )),
+            );
+            self.add(
+                "broker_peak_rss_mib",
+                rss as f64 / (1 << 20) as f64,
+                Some(format!(
+                    "broker peak RSS {:.1} MiB",
+                    rss as f64 / (1 << 20) as f64
+                )),
+            );
         }
     }
     fn print(&self, json: bool) {
         if json {
-            let map: serde_json::Map<String, serde_json::Value> =
-                self.fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            let map: serde_json::Map<String, serde_json::Value> = self
+                .fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
             println!("{}", serde_json::Value::Object(map));
         } else {
             for l in &self.lines {
@@ -439,14 +489,18 @@ fn produce(args: ProduceArgs) -> Result<()> {
         failed: AtomicU64::new(0),
         first_error: Mutex::new(None),
     });
-    let producer: BaseProducer<BenchContext> =
-        producer_config(&args.common, &args.producer)?.create_with_context(BenchContext { acks: acks.clone() })?;
+    let producer: BaseProducer<BenchContext> = producer_config(&args.common, &args.producer)?
+        .create_with_context(BenchContext { acks: acks.clone() })?;
     let sampler = BrokerSampler::start(args.common.broker_pid)?;
     let size = args.producer.record_size.max(16) as f64;
     let started = Instant::now();
     let progress = |n: u64| {
         let secs = started.elapsed().as_secs_f64();
-        eprintln!("produce: {n} records sent, {:.1} MB/s, {} acknowledged", n as f64 * size / secs / 1e6, acks.acked.load(Ordering::Relaxed));
+        eprintln!(
+            "produce: {n} records sent, {:.1} MB/s, {} acknowledged",
+            n as f64 * size / secs / 1e6,
+            acks.acked.load(Ordering::Relaxed)
+        );
     };
     let (sent, bytes, elapsed) = produce_loop(
         &producer,
@@ -460,25 +514,55 @@ fn produce(args: ProduceArgs) -> Result<()> {
     let secs = elapsed.as_secs_f64();
     let failed = acks.failed.load(Ordering::Relaxed);
     let acked = acks.acked.load(Ordering::Relaxed);
-    let h = acks.latency.lock().map_err(|_| anyhow::anyhow!("latency lock"))?.clone();
+    let h = acks
+        .latency
+        .lock()
+        .map_err(|_| anyhow::anyhow!("latency lock"))?
+        .clone();
     let mut r = Report::new("produce");
-    r.add("records", sent, Some(format!("records         {sent} sent, {acked} acknowledged, {failed} failed")));
+    r.add(
+        "records",
+        sent,
+        Some(format!(
+            "records         {sent} sent, {acked} acknowledged, {failed} failed"
+        )),
+    );
     r.add("acknowledged", acked, None);
     r.add("failed", failed, None);
     r.add("seconds", secs, None);
-    r.add("records_per_s", sent as f64 / secs, Some(format!("throughput      {:.0} records/s, {:.1} MB/s", sent as f64 / secs, bytes as f64 / secs / 1e6)));
+    r.add(
+        "records_per_s",
+        sent as f64 / secs,
+        Some(format!(
+            "throughput      {:.0} records/s, {:.1} MB/s",
+            sent as f64 / secs,
+            bytes as f64 / secs / 1e6
+        )),
+    );
     r.add("mb_per_s", bytes as f64 / secs / 1e6, None);
     r.add("p50_ms", ms(&h, 0.5), None);
     r.add("p99_ms", ms(&h, 0.99), None);
     r.add("p999_ms", ms(&h, 0.999), None);
-    r.add("max_ms", h.max() as f64 / 1000.0, Some(format!(
-        "ack latency     p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        ms(&h, 0.5), ms(&h, 0.99), ms(&h, 0.999), h.max() as f64 / 1000.0
-    )));
+    r.add(
+        "max_ms",
+        h.max() as f64 / 1000.0,
+        Some(format!(
+            "ack latency     p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            ms(&h, 0.5),
+            ms(&h, 0.99),
+            ms(&h, 0.999),
+            h.max() as f64 / 1000.0
+        )),
+    );
     r.broker(sampler, bytes);
     r.print(args.common.json);
     if failed > 0 {
-        let first = acks.first_error.lock().ok().and_then(|f| f.clone()).unwrap_or_default();
+        let first = acks
+            .first_error
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .unwrap_or_default();
         bail!("{failed} records were not acknowledged (first error: {first})");
     }
     Ok(())
@@ -516,8 +600,14 @@ fn consume(args: ConsumeArgs) -> Result<()> {
         consumer.subscribe(&[&args.common.topic])?;
         let md = consumer.fetch_metadata(Some(&args.common.topic), Duration::from_secs(10))?;
         let mut ends = HashMap::new();
-        for p in md.topics().first().map(|t| t.partitions()).unwrap_or_default() {
-            let (_, high) = consumer.fetch_watermarks(&args.common.topic, p.id(), Duration::from_secs(10))?;
+        for p in md
+            .topics()
+            .first()
+            .map(|t| t.partitions())
+            .unwrap_or_default()
+        {
+            let (_, high) =
+                consumer.fetch_watermarks(&args.common.topic, p.id(), Duration::from_secs(10))?;
             ends.insert(p.id(), high);
         }
         ends
@@ -530,7 +620,9 @@ fn consume(args: ConsumeArgs) -> Result<()> {
     let (mut records, mut bytes, mut bad, mut seq_sum) = (0u64, 0u64, 0u64, 0u128);
     let mut last_progress = Instant::now();
     while !remaining.is_empty() && Instant::now() < deadline {
-        let Some(msg) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
         let msg = msg.context("consume error")?;
         let end = remaining.get(&msg.partition()).copied();
         if end.is_none_or(|e| msg.offset() >= e) {
@@ -547,28 +639,64 @@ fn consume(args: ConsumeArgs) -> Result<()> {
             remaining.remove(&msg.partition());
         }
         if last_progress.elapsed() >= Duration::from_secs(1) {
-            eprintln!("consume: {records} records, {:.1} MB/s", bytes as f64 / started.elapsed().as_secs_f64() / 1e6);
+            eprintln!(
+                "consume: {records} records, {:.1} MB/s",
+                bytes as f64 / started.elapsed().as_secs_f64() / 1e6
+            );
             last_progress = Instant::now();
         }
     }
     let secs = started.elapsed().as_secs_f64();
     let mut r = Report::new("consume");
-    r.add("records", records, Some(format!("records         {records} read ({bad} with unexpected content)")));
+    r.add(
+        "records",
+        records,
+        Some(format!(
+            "records         {records} read ({bad} with unexpected content)"
+        )),
+    );
     r.add("bad_records", bad, None);
     r.add("seconds", secs, None);
-    r.add("records_per_s", records as f64 / secs, Some(format!("throughput      {:.0} records/s, {:.1} MB/s", records as f64 / secs, bytes as f64 / secs / 1e6)));
+    r.add(
+        "records_per_s",
+        records as f64 / secs,
+        Some(format!(
+            "throughput      {:.0} records/s, {:.1} MB/s",
+            records as f64 / secs,
+            bytes as f64 / secs / 1e6
+        )),
+    );
     r.add("mb_per_s", bytes as f64 / secs / 1e6, None);
-    let checksum_ok = args.expect.map(|n| records == n && bad == 0 && seq_sum == u128::from(n) * u128::from(n.saturating_sub(1)) / 2);
+    let checksum_ok = args.expect.map(|n| {
+        records == n && bad == 0 && seq_sum == u128::from(n) * u128::from(n.saturating_sub(1)) / 2
+    });
     if let Some(ok) = checksum_ok {
-        r.add("checksum_ok", ok, Some(format!("check           {}", if ok { "every record present once, content intact" } else { "FAILED" })));
+        r.add(
+            "checksum_ok",
+            ok,
+            Some(format!(
+                "check           {}",
+                if ok {
+                    "every record present once, content intact"
+                } else {
+                    "FAILED"
+                }
+            )),
+        );
     }
     r.broker(sampler, bytes);
     r.print(args.common.json);
     if !remaining.is_empty() {
-        bail!("timed out with {} partitions not read to their end", remaining.len());
+        bail!(
+            "timed out with {} partitions not read to their end",
+            remaining.len()
+        );
     }
     if checksum_ok == Some(false) {
-        bail!("expected {:?} records with intact content, read {records} ({bad} bad)", args.expect);
+        bail!(
+            "expected {:?} records with intact content, read {records} ({bad} bad)",
+            args.expect
+        );
     }
     Ok(())
 }
@@ -581,15 +709,22 @@ fn e2e(args: E2eArgs) -> Result<()> {
         failed: AtomicU64::new(0),
         first_error: Mutex::new(None),
     });
-    let producer: BaseProducer<BenchContext> =
-        producer_config(&args.common, &args.producer)?.create_with_context(BenchContext { acks: acks.clone() })?;
+    let producer: BaseProducer<BenchContext> = producer_config(&args.common, &args.producer)?
+        .create_with_context(BenchContext { acks: acks.clone() })?;
     let mut cfg = client_config(&args.common)?;
-    cfg.set("group.id", "weir-bench-e2e").set("enable.auto.commit", "false").set("fetch.wait.max.ms", "100");
+    cfg.set("group.id", "weir-bench-e2e")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100");
     let consumer: BaseConsumer = cfg.create()?;
     // Start reading at the current end of every partition.
     let md = consumer.fetch_metadata(Some(&args.common.topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
-    for p in md.topics().first().map(|t| t.partitions()).unwrap_or_default() {
+    for p in md
+        .topics()
+        .first()
+        .map(|t| t.partitions())
+        .unwrap_or_default()
+    {
         tpl.add_partition_offset(&args.common.topic, p.id(), Offset::End)?;
     }
     consumer.assign(&tpl)?;
@@ -607,7 +742,9 @@ fn e2e(args: E2eArgs) -> Result<()> {
         std::thread::spawn(move || -> u64 {
             let mut bad = 0;
             while !stop.load(Ordering::Relaxed) {
-                let Some(Ok(msg)) = consumer.poll(Duration::from_millis(50)) else { continue };
+                let Some(Ok(msg)) = consumer.poll(Duration::from_millis(50)) else {
+                    continue;
+                };
                 match check(msg.payload().unwrap_or_default()) {
                     Some((_, sent)) => {
                         let us = (now_us() - sent).max(1) as u64;
@@ -623,7 +760,12 @@ fn e2e(args: E2eArgs) -> Result<()> {
         })
     };
     let started = Instant::now();
-    let progress = |n: u64| eprintln!("e2e: {n} sent, {} received", received.load(Ordering::Relaxed));
+    let progress = |n: u64| {
+        eprintln!(
+            "e2e: {n} sent, {} received",
+            received.load(Ordering::Relaxed)
+        )
+    };
     let (sent, bytes, _) = produce_loop(
         &producer,
         &args.common.topic,
@@ -638,21 +780,46 @@ fn e2e(args: E2eArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, Ordering::Relaxed);
-    let bad = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
+    let bad = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
     let got = received.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
-    let h = latency.lock().map_err(|_| anyhow::anyhow!("latency lock"))?.clone();
+    let h = latency
+        .lock()
+        .map_err(|_| anyhow::anyhow!("latency lock"))?
+        .clone();
     let mut r = Report::new("e2e");
-    r.add("records", sent, Some(format!("records         {sent} sent, {got} received ({bad} with unexpected content)")));
+    r.add(
+        "records",
+        sent,
+        Some(format!(
+            "records         {sent} sent, {got} received ({bad} with unexpected content)"
+        )),
+    );
     r.add("received", got, None);
-    r.add("offered_rate", args.rate, Some(format!("offered rate    {:.0} records/s for {:.1} s", args.rate, secs)));
+    r.add(
+        "offered_rate",
+        args.rate,
+        Some(format!(
+            "offered rate    {:.0} records/s for {:.1} s",
+            args.rate, secs
+        )),
+    );
     r.add("p50_ms", ms(&h, 0.5), None);
     r.add("p99_ms", ms(&h, 0.99), None);
     r.add("p999_ms", ms(&h, 0.999), None);
-    r.add("max_ms", h.max() as f64 / 1000.0, Some(format!(
-        "end-to-end      p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        ms(&h, 0.5), ms(&h, 0.99), ms(&h, 0.999), h.max() as f64 / 1000.0
-    )));
+    r.add(
+        "max_ms",
+        h.max() as f64 / 1000.0,
+        Some(format!(
+            "end-to-end      p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            ms(&h, 0.5),
+            ms(&h, 0.99),
+            ms(&h, 0.999),
+            h.max() as f64 / 1000.0
+        )),
+    );
     r.broker(sampler, bytes);
     r.print(args.common.json);
     if got < sent || bad > 0 {

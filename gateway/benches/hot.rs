@@ -4,10 +4,14 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, ProduceRequest, TopicProduceData};
+use kafka_protocol::messages::produce_request::{
+    PartitionProduceData, ProduceRequest, TopicProduceData,
+};
 use kafka_protocol::messages::{ApiKey, RequestKind, TopicName};
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use std::hint::black_box;
 use weir_common::{TopicId, TopicPartition};
 use weir_gateway::{batch, guard};
@@ -32,7 +36,10 @@ fn batch_of(records: usize, size: usize) -> BytesMut {
         })
         .collect();
     let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
     if let Err(e) = RecordBatchEncoder::encode(&mut buf, &records, &options) {
         panic!("encode: {e}");
     }
@@ -59,7 +66,10 @@ fn batches(c: &mut Criterion) {
 fn footers(c: &mut Criterion) {
     let entries: Vec<FooterEntry> = (0..256)
         .map(|p| FooterEntry {
-            tp: TopicPartition { topic_id: TopicId::from_u128(p as u128 / 8), partition: p % 8 },
+            tp: TopicPartition {
+                topic_id: TopicId::from_u128(p as u128 / 8),
+                partition: p % 8,
+            },
             base_offset: 1000,
             last_offset: 1999,
             max_timestamp: 1_700_000_000_000,
@@ -78,15 +88,26 @@ fn footers(c: &mut Criterion) {
             black_box(buf)
         })
     });
-    c.bench_function("footer/decode_256", |bench| bench.iter(|| black_box(read_footer(black_box(&object)))));
+    c.bench_function("footer/decode_256", |bench| {
+        bench.iter(|| black_box(read_footer(black_box(&object))))
+    });
 }
 
 fn requests(c: &mut Criterion) {
     let records = batch_of(64, 1024).freeze();
-    let partitions = (0..8).map(|p| PartitionProduceData::default().with_index(p).with_records(Some(records.clone()))).collect();
-    let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
-        TopicProduceData::default().with_name(TopicName(StrBytes::from_static_str("bench"))).with_partition_data(partitions),
-    ]);
+    let partitions = (0..8)
+        .map(|p| {
+            PartitionProduceData::default()
+                .with_index(p)
+                .with_records(Some(records.clone()))
+        })
+        .collect();
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("bench")))
+            .with_partition_data(partitions)]);
     let mut buf = BytesMut::new();
     if let Err(e) = req.encode(&mut buf, 9) {
         panic!("encode: {e}");

@@ -11,6 +11,7 @@
 //! Main types: [`Storage`] (the API the gateway uses, in-process now, QUIC later),
 //! [`ObjectStorage`] (the implementation over any `object_store` backend), [`StorageConfig`].
 
+mod local;
 pub mod object;
 
 use async_trait::async_trait;
@@ -214,6 +215,8 @@ struct Inner {
     cache: moka::future::Cache<String, Bytes>,
     flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stop: CancellationToken,
+    /// Aligned buffer reused by local-disk object writes (one flush at a time).
+    scratch: Arc<Mutex<local::AlignedBuf>>,
 }
 
 /// The storage service over an `object_store` backend.
@@ -251,6 +254,7 @@ impl ObjectStorage {
             cache,
             flusher: Mutex::new(None),
             stop: CancellationToken::new(),
+            scratch: Arc::new(Mutex::new(local::AlignedBuf::default())),
         });
         let handle = tokio::spawn(flush_loop(inner.clone()));
         if let Ok(mut slot) = inner.flusher.lock() {
@@ -503,6 +507,9 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
     }
     let written = started.elapsed();
     inner.cache.insert(key.clone(), object.clone()).await;
+    // moka evicts lazily; without this the cache holds well past its byte bound between
+    // operations (measured: ~150 MB over a 64 MB bound after a produce run).
+    inner.cache.run_pending_tasks().await;
     let commits: Vec<PartitionCommit> = runs
         .iter()
         .map(|r| PartitionCommit {
@@ -554,6 +561,17 @@ async fn delete_unreferenced(inner: &Inner, key: String) {
 /// Writes an object so that it is durable when this returns: create-only (a key is never
 /// overwritten), retried with backoff, and on local disk fsynced with its directory.
 async fn write_object(inner: &Inner, key: &str, object: Bytes) -> Result<()> {
+    if let Some(root) = &inner.target.local_root {
+        let (root, key_owned) = (root.clone(), key.to_string());
+        let scratch = inner.scratch.clone();
+        return tokio::task::spawn_blocking(move || {
+            let mut scratch = scratch.lock().unwrap_or_else(|e| e.into_inner());
+            local::write_durable(&root, &key_owned, &object, &mut scratch)
+        })
+        .await
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?
+        .map_err(|e| StorageError::Unavailable(format!("writing object {key}: {e}")));
+    }
     let path = ObjectPath::from(key);
     let mut delay = Duration::from_millis(10);
     let mut attempt = 0;
@@ -581,21 +599,6 @@ async fn write_object(inner: &Inner, key: &str, object: Bytes) -> Result<()> {
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
         }
-    }
-    if let Some(root) = &inner.target.local_root {
-        let file = root.join(key);
-        tokio::task::spawn_blocking(move || sync_file_and_dir(&file))
-            .await
-            .map_err(|e| StorageError::Unavailable(e.to_string()))?
-            .map_err(|e| StorageError::Unavailable(format!("fsync: {e}")))?;
-    }
-    Ok(())
-}
-
-fn sync_file_and_dir(file: &std::path::Path) -> std::io::Result<()> {
-    std::fs::File::open(file)?.sync_all()?;
-    if let Some(dir) = file.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }
