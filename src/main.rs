@@ -12,6 +12,12 @@ use weir_gateway::{Committer, Gateway, GatewayConfig, Registry};
 use weir_metadata::{EmbeddedStore, MetadataStore};
 use weir_storage::{ObjectStorage, Storage, StorageConfig};
 
+/// The allocator: glibc's per-thread arenas kept tens of megabytes each after the
+/// megabyte-sized request, response and object buffers moved between threads (measured: RSS
+/// 270 MiB idle after a consume run, of which 64 MiB cache); mimalloc returns them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Weir: a serverless, autoscaling, Kafka-compatible streaming service.
 ///
 /// Every setting can be given as a flag, as an environment variable (named in each flag's
@@ -102,7 +108,8 @@ struct ServeArgs {
     /// Flush an object once this many bytes are buffered [default: 4194304].
     #[arg(long, env = "WEIR_FLUSH_BYTES")]
     flush_bytes: Option<usize>,
-    /// Flush an object at most this many ms after its first batch arrived [default: 2].
+    /// Flush an object at most this many ms after its first batch arrived; 0 flushes as soon
+    /// as the previous flush is done (group commit) [default: 0].
     #[arg(long, env = "WEIR_FLUSH_INTERVAL_MS")]
     flush_interval_ms: Option<u64>,
     /// Bytes buffered or flushing before producers are slowed down [default: 67108864].
@@ -123,6 +130,10 @@ struct ServeArgs {
     /// How often retention (retention.ms, retention.bytes) is applied, in ms [default: 30000].
     #[arg(long, env = "WEIR_RETENTION_CHECK_INTERVAL_MS")]
     retention_check_interval_ms: Option<u64>,
+    /// Most record bytes one Fetch response returns, whatever the client asks (Kafka's broker
+    /// fetch.max.bytes) [default: 16777216].
+    #[arg(long, env = "WEIR_FETCH_MAX_BYTES")]
+    fetch_max_bytes: Option<usize>,
     /// Delay before a new consumer group's first rebalance completes, in ms (Kafka's
     /// group.initial.rebalance.delay.ms) [default: 3000].
     #[arg(long, env = "WEIR_GROUP_INITIAL_REBALANCE_DELAY_MS")]
@@ -157,6 +168,7 @@ struct FileSettings {
     default_partitions: Option<i32>,
     max_request_bytes: Option<usize>,
     retention_check_interval_ms: Option<u64>,
+    fetch_max_bytes: Option<usize>,
     group_initial_rebalance_delay_ms: Option<u64>,
     log_format: Option<LogFormat>,
 }
@@ -174,6 +186,7 @@ struct ServeSettings {
     default_partitions: i32,
     max_request_bytes: usize,
     retention_check_interval: Duration,
+    fetch_max_bytes: usize,
     group_initial_rebalance_delay: Duration,
     log_format: LogFormat,
 }
@@ -258,6 +271,11 @@ impl ServeArgs {
                     .unwrap_or(30_000)
                     .max(10),
             ),
+            fetch_max_bytes: self
+                .fetch_max_bytes
+                .or(file.fetch_max_bytes)
+                .unwrap_or(16 << 20)
+                .max(1024),
             group_initial_rebalance_delay: Duration::from_millis(
                 self.group_initial_rebalance_delay_ms
                     .or(file.group_initial_rebalance_delay_ms)
@@ -351,6 +369,7 @@ async fn serve(settings: ServeSettings) -> Result<()> {
         default_partitions: settings.default_partitions,
         max_request_bytes: settings.max_request_bytes,
         retention_check_interval: settings.retention_check_interval,
+        fetch_max_bytes: settings.fetch_max_bytes,
         groups: weir_gateway::groups::GroupConfig {
             initial_rebalance_delay: settings.group_initial_rebalance_delay,
             ..Default::default()

@@ -116,7 +116,8 @@ struct ConsumeArgs {
     /// Join this consumer group (subscribe) instead of assigning every partition.
     #[arg(long)]
     group: Option<String>,
-    /// Fail unless exactly this many records were read (data made by `produce`).
+    /// Fail unless exactly this many records were read, each intact and each sequence number
+    /// once (for a topic filled by one `produce` run of this many records).
     #[arg(long)]
     expect: Option<u64>,
     /// Give up after this many seconds.

@@ -267,7 +267,12 @@ pub fn encode_response(
     body: &ResponseKind,
 ) -> Result<Bytes, String> {
     let header_version = response_header_version(api_key, version);
-    let mut buf = BytesMut::with_capacity(128);
+    // Fetch responses carry megabytes of records: size the buffer exactly, once.
+    let capacity = match body {
+        ResponseKind::Fetch(f) => f.compute_size(version).unwrap_or(0) + 64,
+        _ => 128,
+    };
+    let mut buf = BytesMut::with_capacity(capacity);
     buf.put_i32(0);
     ResponseHeader::default()
         .with_correlation_id(correlation_id)

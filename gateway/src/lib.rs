@@ -65,6 +65,8 @@ pub struct GatewayConfig {
     pub max_fetch_sessions: usize,
     /// Group coordinator settings.
     pub groups: groups::GroupConfig,
+    /// Most record bytes one Fetch response returns (Kafka's broker `fetch.max.bytes`).
+    pub fetch_max_bytes: usize,
 }
 
 impl Default for GatewayConfig {
@@ -79,6 +81,7 @@ impl Default for GatewayConfig {
             retention_check_interval: Duration::from_secs(30),
             max_fetch_sessions: 1000,
             groups: groups::GroupConfig::default(),
+            fetch_max_bytes: 16 << 20,
         }
     }
 }

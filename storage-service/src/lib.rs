@@ -147,7 +147,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             flush_bytes: 4 << 20,
-            flush_interval: Duration::from_millis(2),
+            flush_interval: Duration::ZERO,
             max_buffered_bytes: 64 << 20,
             cache_bytes: 64 << 20,
             write_attempts: 5,
@@ -328,6 +328,7 @@ impl Storage for ObjectStorage {
     async fn read(&self, object: &str, position: u64, length: u32) -> Result<Bytes> {
         let store = self.inner.target.store.clone();
         let key = object.to_string();
+        let miss = !self.inner.cache.contains_key(object);
         let whole = self
             .inner
             .cache
@@ -344,6 +345,10 @@ impl Storage for ObjectStorage {
             })
             .await
             .map_err(|e| (*e).clone())?;
+        if miss {
+            // Keep the cache within its byte bound (moka evicts lazily).
+            self.inner.cache.run_pending_tasks().await;
+        }
         let start =
             usize::try_from(position).map_err(|_| StorageError::Corrupt("position".into()))?;
         let end = start.saturating_add(length as usize);

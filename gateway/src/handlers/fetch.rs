@@ -126,7 +126,10 @@ pub async fn handle(gw: &Arc<Gateway>, version: i16, req: FetchRequest) -> Fetch
 
     let max_wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0).min(60_000));
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0).max(1);
-    let max_bytes = usize::try_from(req.max_bytes).unwrap_or(usize::MAX).max(1);
+    // The broker-side cap (Kafka's fetch.max.bytes) bounds the memory one response takes.
+    let max_bytes = usize::try_from(req.max_bytes)
+        .unwrap_or(usize::MAX)
+        .clamp(1, gw.config.fetch_max_bytes);
     let deadline = tokio::time::Instant::now() + max_wait;
     let mut changes = gw.registry.subscribe();
     let results = loop {
