@@ -69,8 +69,8 @@ log "installing kafkajs"
 
 # -- Rust ------------------------------------------------------------------------------------
 if [ "${SKIP_CARGO:-0}" != 1 ]; then
-  log "cargo build --release"
-  cargo build --release
+  log "cargo build --release --workspace"
+  cargo build --release --workspace
   log "cargo test --workspace --release"
   cargo test --workspace --release
 fi
