@@ -13,7 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-const ALIGN: usize = 4096;
+pub(crate) const ALIGN: usize = 4096;
 
 /// A reusable block-aligned write buffer.
 #[derive(Debug, Default)]
@@ -24,8 +24,10 @@ pub struct AlignedBuf {
 impl AlignedBuf {
     /// An aligned region of `len` bytes (len a multiple of ALIGN), contents unspecified.
     fn region(&mut self, len: usize) -> &mut [u8] {
-        if self.raw.len() < len + ALIGN {
-            self.raw = vec![0u8; (len + ALIGN).next_power_of_two()];
+        // Grow to fit; shrink when far larger than needed so one big object does not pin
+        // memory for the life of the process.
+        if self.raw.len() < len + ALIGN || self.raw.len() > 4 * (len + ALIGN) {
+            self.raw = vec![0u8; len + ALIGN];
         }
         let offset = self.raw.as_ptr().align_offset(ALIGN).min(ALIGN);
         &mut self.raw[offset..offset + len]
@@ -77,9 +79,14 @@ fn write_file(tmp: &Path, data: &[u8], scratch: &mut AlignedBuf) -> std::io::Res
     let mut written = 0;
     if aligned > 0 {
         if let Ok(mut f) = open_direct(tmp) {
-            let region = scratch.region(aligned);
-            region.copy_from_slice(&data[..aligned]);
-            match f.write_all(region) {
+            let block = if data.as_ptr().align_offset(ALIGN) == 0 {
+                &data[..aligned]
+            } else {
+                let region = scratch.region(aligned);
+                region.copy_from_slice(&data[..aligned]);
+                &*region
+            };
+            match f.write_all(block) {
                 Ok(()) => written = aligned,
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     // The file system takes the open flag but not the write: start over.

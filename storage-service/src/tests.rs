@@ -186,3 +186,53 @@ async fn local_files_are_written_under_the_root() -> anyhow::Result<()> {
     storage.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn objects_are_cut_at_flush_bytes_in_partition_order() -> anyhow::Result<()> {
+    let sink = Arc::new(RecordingSink::default());
+    // A long interval and a 250-byte flush size: ten 100-byte appends make several objects.
+    let cfg = StorageConfig {
+        flush_interval: Duration::from_millis(50),
+        flush_bytes: 250,
+        ..config()
+    };
+    let storage = ObjectStorage::start(open_object_store("memory://")?, cfg, sink.clone());
+    let mut tickets = Vec::new();
+    for i in 0..10i64 {
+        let p = (i % 2) as i32;
+        tickets.push(storage.submit(
+            batch(p, (i / 2) * 10, 10, i as u8),
+            storage.reserve(100).await?,
+        )?);
+    }
+    for t in tickets {
+        t.await??;
+    }
+    let calls = sink
+        .commits
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .clone();
+    assert!(calls.len() >= 2, "{} objects", calls.len());
+    for commits in &calls {
+        let bytes: u32 = commits.iter().map(|c| c.entry.length).sum();
+        assert!(bytes <= 350, "object of {bytes} bytes");
+    }
+    // Per partition, the committed ranges follow each other without gaps.
+    for p in 0..2 {
+        let ranges: Vec<(i64, i64)> = calls
+            .iter()
+            .flatten()
+            .filter(|c| c.entry.tp.partition == p)
+            .map(|c| (c.entry.base_offset, c.entry.last_offset))
+            .collect();
+        let mut next = 0;
+        for (base, last) in ranges {
+            assert_eq!(base, next);
+            next = last + 1;
+        }
+        assert_eq!(next, 50);
+    }
+    storage.shutdown().await;
+    Ok(())
+}

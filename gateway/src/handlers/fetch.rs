@@ -411,6 +411,17 @@ async fn entries_from(
         .map_err(|e| e.to_string())
 }
 
+/// A slice of a cached object for a response. A small part of a large object is copied, so
+/// that the response does not keep the whole object alive after the cache dropped it (a
+/// consumer catching up touches many objects per fetch).
+fn detach(object: &Bytes, range: std::ops::Range<usize>) -> Bytes {
+    if range.len() * 2 < object.len() {
+        Bytes::copy_from_slice(&object[range])
+    } else {
+        object.slice(range)
+    }
+}
+
 /// Reads whole batches starting at the one holding `offset`, below `hw`, up to `limit` bytes
 /// (at least one batch when `must_return_one`, as KIP-74 requires for progress).
 async fn read_records(
@@ -445,7 +456,7 @@ async fn read_records(
             let fits = total + h.size <= limit || (must_return_one && total == 0);
             if !fits {
                 if let Some(s) = run_start {
-                    parts.push(bytes.slice(s..run_end));
+                    parts.push(detach(&bytes, s..run_end));
                 }
                 break 'entries;
             }
@@ -454,7 +465,7 @@ async fn read_records(
             total += h.size;
         }
         if let Some(s) = run_start {
-            parts.push(bytes.slice(s..run_end));
+            parts.push(detach(&bytes, s..run_end));
         }
         if total >= limit {
             break;
