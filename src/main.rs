@@ -385,6 +385,35 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     Ok(())
 }
 
+/// Gives memory the allocator holds but does not use back to the system, once a second.
+///
+/// glibc keeps the freed blocks of the megabyte-sized request, object and response buffers in
+/// its per-thread arenas: measured under load, the RSS stayed 150-250 MiB above the live heap
+/// (heaptrack: 116 MiB peak live, RSS 300-500 MiB). `malloc_trim` returns those pages.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn start_allocator_trimmer() {
+    #[allow(unsafe_code)]
+    fn trim() {
+        // SAFETY: malloc_trim only releases free memory that glibc's malloc holds; it takes no
+        // pointers and may be called from any thread at any time.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+    let spawned = std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(1));
+            trim();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the allocator trimmer");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn start_allocator_trimmer() {}
+
 async fn signal_shutdown(token: CancellationToken) {
     #[cfg(unix)]
     {
@@ -415,6 +444,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => {
             let settings = args.resolve()?;
             init_logging(settings.log_format);
+            start_allocator_trimmer();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 // Few blocking threads: each thread that allocates large buffers keeps an
                 // allocator arena of its own (measured: hundreds of MiB of RSS over the live

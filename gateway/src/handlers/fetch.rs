@@ -316,6 +316,7 @@ async fn read_all(
     wanted: &[Wanted],
     max_bytes: usize,
 ) -> Vec<(Wanted, PartitionData)> {
+    prefetch(gw, wanted, max_bytes).await;
     let mut budget = max_bytes;
     let mut first = true;
     let mut out = Vec::with_capacity(wanted.len());
@@ -409,6 +410,49 @@ async fn entries_from(
         .index_from(log.tp, offset, ENTRIES_PER_READ)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Objects loaded concurrently ahead of a fetch.
+const PREFETCH_OBJECTS: usize = 16;
+
+/// Loads the objects this fetch will read concurrently, so that a consumer reading older data
+/// waits for one round of object reads rather than one per object.
+async fn prefetch(gw: &Gateway, wanted: &[Wanted], max_bytes: usize) {
+    let mut objects: Vec<(String, u64)> = Vec::new();
+    let mut planned = 0usize;
+    for w in wanted {
+        let Some(log) = w.topic.as_ref().and_then(|t| t.partition(w.partition)) else {
+            continue;
+        };
+        let hw = log.lock().high_watermark;
+        if w.fetch_offset >= hw {
+            continue;
+        }
+        let Ok(entries) = entries_from(gw, &log, w.fetch_offset).await else {
+            continue;
+        };
+        let mut bytes = 0usize;
+        for e in entries.into_iter().take_while(|e| e.base_offset < hw) {
+            if bytes >= w.max_bytes || planned >= max_bytes {
+                break;
+            }
+            bytes += e.length as usize;
+            planned += e.length as usize;
+            if !objects.iter().any(|(o, _)| *o == e.object) {
+                objects.push((e.object.clone(), e.position));
+            }
+        }
+        if objects.len() >= PREFETCH_OBJECTS || planned >= max_bytes {
+            break;
+        }
+    }
+    if objects.len() > 1 {
+        let loads = objects
+            .iter()
+            .take(PREFETCH_OBJECTS)
+            .map(|(o, pos)| gw.storage.read(o, *pos, 0));
+        futures::future::join_all(loads).await;
+    }
 }
 
 /// A slice of a cached object for a response. A small part of a large object is copied, so
