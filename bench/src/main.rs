@@ -318,6 +318,17 @@ struct Acks {
     first_error: Mutex<Option<String>>,
 }
 
+impl Acks {
+    fn new() -> Result<Self> {
+        Ok(Acks {
+            latency: Mutex::new(histogram()?),
+            acked: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+        })
+    }
+}
+
 struct BenchContext {
     acks: Arc<Acks>,
 }
@@ -443,6 +454,23 @@ impl Report {
             self.lines.push(l);
         }
     }
+    fn latency(&mut self, what: &str, h: &Histogram<u64>) {
+        let max = h.max() as f64 / 1000.0;
+        self.add("p50_ms", ms(h, 0.5), None);
+        self.add("p99_ms", ms(h, 0.99), None);
+        self.add("p999_ms", ms(h, 0.999), None);
+        self.add(
+            "max_ms",
+            max,
+            Some(format!(
+                "{what:<15} p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {max:.2} ms",
+                ms(h, 0.5),
+                ms(h, 0.99),
+                ms(h, 0.999)
+            )),
+        );
+    }
+
     fn broker(&mut self, sampler: Option<BrokerSampler>, bytes: u64) {
         if let Some(s) = sampler {
             let (cpu, rss) = s.finish();
@@ -484,12 +512,7 @@ impl Report {
 
 fn produce(args: ProduceArgs) -> Result<()> {
     ensure_topic(&args.common, args.producer.partitions)?;
-    let acks = Arc::new(Acks {
-        latency: Mutex::new(histogram()?),
-        acked: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        first_error: Mutex::new(None),
-    });
+    let acks = Arc::new(Acks::new()?);
     let producer: BaseProducer<BenchContext> = producer_config(&args.common, &args.producer)?
         .create_with_context(BenchContext { acks: acks.clone() })?;
     let sampler = BrokerSampler::start(args.common.broker_pid)?;
@@ -541,20 +564,7 @@ fn produce(args: ProduceArgs) -> Result<()> {
         )),
     );
     r.add("mb_per_s", bytes as f64 / secs / 1e6, None);
-    r.add("p50_ms", ms(&h, 0.5), None);
-    r.add("p99_ms", ms(&h, 0.99), None);
-    r.add("p999_ms", ms(&h, 0.999), None);
-    r.add(
-        "max_ms",
-        h.max() as f64 / 1000.0,
-        Some(format!(
-            "ack latency     p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-            ms(&h, 0.5),
-            ms(&h, 0.99),
-            ms(&h, 0.999),
-            h.max() as f64 / 1000.0
-        )),
-    );
+    r.latency("ack latency", &h);
     r.broker(sampler, bytes);
     r.print(args.common.json);
     if failed > 0 {
@@ -704,12 +714,7 @@ fn consume(args: ConsumeArgs) -> Result<()> {
 
 fn e2e(args: E2eArgs) -> Result<()> {
     ensure_topic(&args.common, args.producer.partitions)?;
-    let acks = Arc::new(Acks {
-        latency: Mutex::new(histogram()?),
-        acked: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        first_error: Mutex::new(None),
-    });
+    let acks = Arc::new(Acks::new()?);
     let producer: BaseProducer<BenchContext> = producer_config(&args.common, &args.producer)?
         .create_with_context(BenchContext { acks: acks.clone() })?;
     let mut cfg = client_config(&args.common)?;
@@ -807,20 +812,7 @@ fn e2e(args: E2eArgs) -> Result<()> {
             args.rate, secs
         )),
     );
-    r.add("p50_ms", ms(&h, 0.5), None);
-    r.add("p99_ms", ms(&h, 0.99), None);
-    r.add("p999_ms", ms(&h, 0.999), None);
-    r.add(
-        "max_ms",
-        h.max() as f64 / 1000.0,
-        Some(format!(
-            "end-to-end      p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-            ms(&h, 0.5),
-            ms(&h, 0.99),
-            ms(&h, 0.999),
-            h.max() as f64 / 1000.0
-        )),
-    );
+    r.latency("end-to-end", &h);
     r.broker(sampler, bytes);
     r.print(args.common.json);
     if got < sent || bad > 0 {

@@ -74,6 +74,31 @@ impl EmbeddedStore {
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
 
+    /// Reads a topic, lets `change` modify it (and write related tables), stores it: one
+    /// transaction.
+    async fn update_topic<F>(&self, name: &str, change: F) -> Result<TopicRecord>
+    where
+        F: FnOnce(&redb::WriteTransaction, &mut TopicRecord) -> Result<()> + Send + 'static,
+    {
+        let name = name.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let record = {
+                let mut topics = txn.open_table(TOPICS).map_err(backend)?;
+                let mut record = read_topic(&topics, &name)?
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
+                change(&txn, &mut record)?;
+                topics
+                    .insert(name.as_str(), encode(&record)?.as_slice())
+                    .map_err(backend)?;
+                record
+            };
+            txn.commit().map_err(backend)?;
+            Ok(record)
+        })
+        .await
+    }
+
     async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -324,36 +349,24 @@ impl MetadataStore for EmbeddedStore {
     }
 
     async fn create_partitions(&self, name: &str, total: i32) -> Result<TopicRecord> {
-        let name = name.to_string();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
-            let record = {
-                let mut topics = txn.open_table(TOPICS).map_err(backend)?;
-                let mut record = read_topic(&topics, &name)?
-                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
-                if total <= record.partitions {
-                    return Err(MetadataError::Invalid(format!(
-                        "topic '{name}' has {} partitions; the new count {total} must be larger",
-                        record.partitions
-                    )));
-                }
-                let mut parts = txn.open_table(PARTITIONS).map_err(backend)?;
-                for p in record.partitions..total {
-                    parts
-                        .insert(
-                            (record.id.as_u128(), p),
-                            encode(&PartitionState::empty(p))?.as_slice(),
-                        )
-                        .map_err(backend)?;
-                }
-                record.partitions = total;
-                topics
-                    .insert(name.as_str(), encode(&record)?.as_slice())
+        self.update_topic(name, move |txn, record| {
+            if total <= record.partitions {
+                return Err(MetadataError::Invalid(format!(
+                    "topic '{}' has {} partitions; the new count {total} must be larger",
+                    record.name, record.partitions
+                )));
+            }
+            let mut parts = txn.open_table(PARTITIONS).map_err(backend)?;
+            for p in record.partitions..total {
+                parts
+                    .insert(
+                        (record.id.as_u128(), p),
+                        encode(&PartitionState::empty(p))?.as_slice(),
+                    )
                     .map_err(backend)?;
-                record
-            };
-            txn.commit().map_err(backend)?;
-            Ok(record)
+            }
+            record.partitions = total;
+            Ok(())
         })
         .await
     }
@@ -363,21 +376,9 @@ impl MetadataStore for EmbeddedStore {
         name: &str,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicRecord> {
-        let name = name.to_string();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
-            let record = {
-                let mut topics = txn.open_table(TOPICS).map_err(backend)?;
-                let mut record = read_topic(&topics, &name)?
-                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
-                record.configs = configs;
-                topics
-                    .insert(name.as_str(), encode(&record)?.as_slice())
-                    .map_err(backend)?;
-                record
-            };
-            txn.commit().map_err(backend)?;
-            Ok(record)
+        self.update_topic(name, move |_, record| {
+            record.configs = configs;
+            Ok(())
         })
         .await
     }
