@@ -1,5 +1,7 @@
 //! `weir`: the command line. Parses settings, builds the components, runs them.
 
+mod admin;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -8,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use weir_gateway::listener::{Listener, ListenerSpec, SecurityProtocol};
 use weir_gateway::{Committer, Gateway, GatewayConfig, Registry};
 use weir_metadata::{EmbeddedStore, MetadataStore};
 use weir_storage::{ObjectStorage, Storage, StorageConfig};
@@ -32,6 +35,25 @@ enum Command {
     /// Show consumer lag (log end offset minus committed offset) per group and partition,
     /// as a running Weir (or any Kafka-compatible broker) reports it.
     Lag(LagArgs),
+    /// Manage access keys, SCRAM users and IAM policies of a running weir (admin API).
+    Auth(admin::AuthArgs),
+    /// TLS helpers.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TlsCommand {
+    /// Generates a CA and a server certificate it signed, for local use: ca.pem (give it to
+    /// clients), server.pem (chain) and server.key, in --out.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        /// Host names or IP addresses the certificate is valid for [default: localhost,
+        /// 127.0.0.1].
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -135,6 +157,47 @@ struct ServeArgs {
     /// Log format: text or json [default: text]. Levels come from RUST_LOG (default info).
     #[arg(long, env = "WEIR_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// A Kafka listener, repeatable: PROTOCOL://HOST:PORT[?mechanisms=A+B&advertise=H:P] with
+    /// PROTOCOL one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL. Given alone, these are the
+    /// only listeners; with --listen, that one is an extra PLAINTEXT listener.
+    #[arg(long = "listener", env = "WEIR_LISTENERS", value_delimiter = ',')]
+    listeners: Vec<String>,
+    /// PEM certificate chain for TLS listeners [default: a self-signed set generated under
+    /// <data-dir>/tls].
+    #[arg(long, env = "WEIR_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS listeners.
+    #[arg(long, env = "WEIR_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Admin API address (used by `weir auth`) [default: 127.0.0.1:9644].
+    #[arg(long, env = "WEIR_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin API requires (required if it listens beyond loopback).
+    #[arg(long, env = "WEIR_ADMIN_TOKEN")]
+    admin_token: Option<String>,
+    /// Region IAM tokens must be signed for, and of the ARNs [default: us-east-1].
+    #[arg(long, env = "WEIR_AUTH_REGION")]
+    auth_region: Option<String>,
+    /// Account id in the ARNs policies name [default: 000000000000].
+    #[arg(long, env = "WEIR_ACCOUNT_ID")]
+    account_id: Option<String>,
+    /// Cluster name in the ARNs policies name [default: weir].
+    #[arg(long, env = "WEIR_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// Base64 of the 32-byte key that encrypts secret access keys at rest [default: read from
+    /// (or generated into) <data-dir>/auth/master.key].
+    #[arg(long, env = "WEIR_AUTH_MASTER_KEY", hide_env_values = true)]
+    auth_master_key: Option<String>,
+    /// Session lifetime of SCRAM/PLAIN logins in ms, after which clients re-authenticate
+    /// (KIP-368); 0: unlimited. IAM sessions end when their token expires [default: 0].
+    #[arg(long, env = "WEIR_SESSION_LIFETIME_MS")]
+    session_lifetime_ms: Option<u64>,
+    /// Most open client connections [default: 10000].
+    #[arg(long, env = "WEIR_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most new client connections per second [default: 1000].
+    #[arg(long, env = "WEIR_MAX_CONNECTIONS_PER_SECOND")]
+    max_connections_per_second: Option<u32>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -165,13 +228,24 @@ struct FileSettings {
     fetch_max_bytes: Option<usize>,
     group_initial_rebalance_delay_ms: Option<u64>,
     log_format: Option<LogFormat>,
+    listeners: Option<Vec<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    admin_listen: Option<SocketAddr>,
+    admin_token: Option<String>,
+    auth_region: Option<String>,
+    account_id: Option<String>,
+    cluster_name: Option<String>,
+    auth_master_key: Option<String>,
+    session_lifetime_ms: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_second: Option<u32>,
 }
 
 /// Resolved settings of `weir serve`.
 #[derive(Debug)]
 struct ServeSettings {
-    listen: SocketAddr,
-    advertise: Option<String>,
+    listeners: Vec<ListenerSpec>,
     data_dir: PathBuf,
     object_store: String,
     metadata: String,
@@ -183,6 +257,20 @@ struct ServeSettings {
     fetch_max_bytes: usize,
     group_initial_rebalance_delay: Duration,
     log_format: LogFormat,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    admin_listen: SocketAddr,
+    /// Whether the admin address was configured (else a busy default port falls back to
+    /// an ephemeral one).
+    admin_listen_explicit: bool,
+    admin_token: Option<String>,
+    auth_region: String,
+    account_id: String,
+    cluster_name: String,
+    auth_master_key: Option<String>,
+    session_lifetime: Option<Duration>,
+    max_connections: usize,
+    max_connections_per_second: u32,
 }
 
 impl ServeArgs {
@@ -238,12 +326,72 @@ impl ServeArgs {
         if default_partitions < 1 {
             bail!("default-partitions must be at least 1");
         }
+        let listen = self.listen.or(file.listen);
+        let advertise = self.advertise.or(file.advertise);
+        let extra: Vec<String> = if self.listeners.is_empty() {
+            file.listeners.unwrap_or_default()
+        } else {
+            self.listeners
+        };
+        let mut listeners = Vec::new();
+        if listen.is_some() || extra.is_empty() {
+            listeners.push(ListenerSpec {
+                protocol: SecurityProtocol::Plaintext,
+                addr: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092))),
+                advertise: advertise.clone(),
+                mechanisms: Vec::new(),
+            });
+        } else if advertise.is_some() {
+            bail!("--advertise applies to --listen; give each --listener its own ?advertise=host:port");
+        }
+        for spec in extra {
+            listeners.push(spec.parse().map_err(|e: String| anyhow::anyhow!(e))?);
+        }
+        let tls_cert = self.tls_cert.or(file.tls_cert);
+        let tls_key = self.tls_key.or(file.tls_key);
+        if tls_cert.is_some() != tls_key.is_some() {
+            bail!("--tls-cert and --tls-key go together");
+        }
+        let admin_token = self.admin_token.or(file.admin_token).filter(|t| !t.is_empty());
+        let admin_listen_explicit = self.admin_listen.or(file.admin_listen);
+        let admin_listen =
+            admin_listen_explicit.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9644)));
+        admin::check_admin_bind(admin_listen, admin_token.as_deref())?;
         Ok(ServeSettings {
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092))),
-            advertise: self.advertise.or(file.advertise),
+            listeners,
+            tls_cert,
+            tls_key,
+            admin_listen,
+            admin_listen_explicit: admin_listen_explicit.is_some(),
+            admin_token,
+            auth_region: self
+                .auth_region
+                .or(file.auth_region)
+                .unwrap_or_else(|| "us-east-1".into()),
+            account_id: self
+                .account_id
+                .or(file.account_id)
+                .unwrap_or_else(|| "000000000000".into()),
+            cluster_name: self
+                .cluster_name
+                .or(file.cluster_name)
+                .unwrap_or_else(|| "weir".into()),
+            auth_master_key: self.auth_master_key.or(file.auth_master_key),
+            session_lifetime: self
+                .session_lifetime_ms
+                .or(file.session_lifetime_ms)
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(10_000)
+                .max(1),
+            max_connections_per_second: self
+                .max_connections_per_second
+                .or(file.max_connections_per_second)
+                .unwrap_or(1_000)
+                .max(1),
             object_store: self.object_store.or(file.object_store).unwrap_or_else(|| {
                 format!("file://{}", absolute(&data_dir.join("objects")).display())
             }),
@@ -343,19 +491,44 @@ async fn serve(settings: ServeSettings) -> Result<()> {
         settings.storage.clone(),
         committer,
     ));
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("binding the Kafka listener on {}", settings.listen))?;
-    let local = listener.local_addr()?;
-    let (host, port) = match &settings.advertise {
-        Some(a) => parse_host_port(a)?,
-        None if local.ip().is_unspecified() => {
-            tracing::warn!(listen = %local, "listening on all interfaces without --advertise: \
-                clients are told 127.0.0.1; set --advertise host:port for remote clients");
-            ("127.0.0.1".to_string(), i32::from(local.port()))
-        }
-        None => weir_gateway::advertise_from(local),
+    // Bind every listener first, so a port in use fails fast.
+    let mut bound = Vec::new();
+    for spec in &settings.listeners {
+        let socket = tokio::net::TcpListener::bind(spec.addr).await.with_context(|| {
+            format!("binding the {} listener on {}", spec.protocol.name(), spec.addr)
+        })?;
+        let local = socket.local_addr()?;
+        let (host, port) = match &spec.advertise {
+            Some(a) => parse_host_port(a)?,
+            None if local.ip().is_unspecified() => {
+                tracing::warn!(listen = %local, "listening on all interfaces without an advertised \
+                    address: clients are told 127.0.0.1; set one for remote clients");
+                ("127.0.0.1".to_string(), i32::from(local.port()))
+            }
+            None => weir_gateway::advertise_from(local),
+        };
+        bound.push((socket, spec.clone(), host, port));
+    }
+    let tls = if settings.listeners.iter().any(|l| l.protocol.tls()) {
+        let (cert, key) = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => {
+                let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+                for (_, _, host, _) in &bound {
+                    if !hosts.contains(host) {
+                        hosts.push(host.clone());
+                    }
+                }
+                let files = weir_auth::tls::load_or_generate(&settings.data_dir.join("tls"), &hosts)?;
+                println!("weir tls: clients trust {}", absolute(&files.ca).display());
+                (files.cert, files.key)
+            }
+        };
+        Some(tokio_rustls::TlsAcceptor::from(weir_auth::tls::server_config(&cert, &key)?))
+    } else {
+        None
     };
+    let (host, port) = (bound[0].2.clone(), bound[0].3);
     let config = GatewayConfig {
         advertised_host: host,
         advertised_port: port,
@@ -368,17 +541,78 @@ async fn serve(settings: ServeSettings) -> Result<()> {
             initial_rebalance_delay: settings.group_initial_rebalance_delay,
             ..Default::default()
         },
+        max_connections: settings.max_connections,
+        max_connections_per_second: settings.max_connections_per_second,
         ..GatewayConfig::default()
     };
+    // Credentials and policies.
+    let master = match &settings.auth_master_key {
+        Some(k) => weir_auth::MasterKey::from_base64(k)?,
+        None => weir_auth::MasterKey::load_or_create(&settings.data_dir.join("auth").join("master.key"))?,
+    };
+    let auth_store = Arc::new(weir_auth::AuthStore::open(meta.clone(), master).await?);
+    let cluster_id = meta.cluster_id().await?;
+    let mut hosts: Vec<String> = bound.iter().map(|(_, _, h, _)| h.clone()).collect();
+    hosts.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    let auth = Arc::new(weir_auth::Auth::new(
+        auth_store,
+        weir_auth::Arns::new(&settings.auth_region, &settings.account_id, &settings.cluster_name, &cluster_id),
+        weir_auth::AuthConfig {
+            region: settings.auth_region.clone(),
+            hosts,
+            max_session: settings.session_lifetime,
+        },
+    ));
+    let admin_socket = match tokio::net::TcpListener::bind(settings.admin_listen).await {
+        Ok(s) => s,
+        Err(e) if !settings.admin_listen_explicit => {
+            tracing::warn!(error = %e, default = %settings.admin_listen,
+                "the default admin API port is busy; using an ephemeral port (see the admin api line)");
+            tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("binding the admin API on {}", settings.admin_listen))
+        }
+    };
+    let admin_addr = admin_socket.local_addr()?;
     let storage_dyn: Arc<dyn Storage> = storage.clone();
-    let gateway = Gateway::start(config, meta, storage_dyn, registry).await?;
+    let gateway = Gateway::start(config, meta, storage_dyn, registry, Some(auth.clone())).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
+    let admin_task = tokio::spawn(admin::serve_admin(
+        admin_socket,
+        auth,
+        settings.admin_token.clone(),
+        shutdown.clone(),
+    ));
+    let mut listeners = Vec::new();
+    let mut described = Vec::new();
+    for (socket, spec, host, port) in bound {
+        let listener = Arc::new(Listener {
+            protocol: spec.protocol,
+            advertised_host: host,
+            advertised_port: port,
+            mechanisms: spec.mechanisms.clone(),
+            tls: if spec.protocol.tls() { tls.clone() } else { None },
+        });
+        let mechanisms: Vec<&str> = spec.mechanisms.iter().map(|m| m.name()).collect();
+        tracing::info!(protocol = spec.protocol.name(), listen = %spec.addr,
+            advertised = %listener.bootstrap(), mechanisms = ?mechanisms, "listener");
+        described.push(format!("{}://{}", spec.protocol.name(), listener.bootstrap()));
+        listeners.push((socket, listener));
+    }
     let bootstrap = weir_gateway::bootstrap(&gateway.config);
-    tracing::info!(listen = %local, %bootstrap, data_dir = %settings.data_dir.display(),
-        object_store = %settings.object_store, metadata = %settings.metadata, "weir is ready");
-    println!("weir is ready: bootstrap.servers={bootstrap}");
-    weir_gateway::run(listener, gateway, shutdown).await;
+    tracing::info!(%bootstrap, data_dir = %settings.data_dir.display(),
+        object_store = %settings.object_store, metadata = %settings.metadata,
+        admin = %admin_addr, "weir is ready");
+    println!("weir admin api: http://{admin_addr}");
+    println!(
+        "weir is ready: bootstrap.servers={bootstrap} listeners={}",
+        described.join(",")
+    );
+    weir_gateway::run(listeners, gateway, shutdown).await;
+    let _ = admin_task.await;
     tracing::info!("flushing and stopping");
     storage.shutdown().await;
     tracing::info!("stopped");
@@ -460,6 +694,22 @@ fn main() -> Result<()> {
                 .build()?;
             runtime.block_on(lag(args))
         }
+        Command::Auth(args) => admin::run_auth(args),
+        Command::Tls(TlsCommand::Generate { out, hosts }) => {
+            let hosts = if hosts.is_empty() {
+                vec!["localhost".to_string(), "127.0.0.1".to_string()]
+            } else {
+                hosts
+            };
+            let files = weir_auth::tls::generate(&out, &hosts)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "ca": files.ca, "cert": files.cert, "key": files.key, "hosts": hosts
+                })
+            );
+            Ok(())
+        }
     }
 }
 
@@ -470,7 +720,9 @@ mod tests {
     #[test]
     fn defaults_match_the_readme() -> Result<()> {
         let s = ServeArgs::default().resolve()?;
-        assert_eq!(s.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(s.listeners.len(), 1);
+        assert_eq!(s.listeners[0].addr.to_string(), "127.0.0.1:9092");
+        assert_eq!(s.listeners[0].protocol, SecurityProtocol::Plaintext);
         assert_eq!(s.data_dir, PathBuf::from("weir-data"));
         assert!(
             s.object_store.starts_with("file://") && s.object_store.ends_with("weir-data/objects")

@@ -12,6 +12,8 @@
 //! wait for durability in order); every other request runs alone, after what precedes it.
 
 use crate::handlers;
+use crate::listener::{ConnectionPermit, Listener};
+use crate::session::Session;
 use crate::Gateway;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -19,7 +21,7 @@ use kafka_protocol::messages::{ApiKey, RequestKind, ResponseHeader, ResponseKind
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -54,17 +56,51 @@ pub enum CloseReason {
         version: i16,
         reason: String,
     },
+    #[error("{api:?}: {reason}")]
+    NotAuthenticated { api: ApiKey, reason: &'static str },
 }
 
-/// Serves one connection until the client leaves, a frame is malformed, or shutdown.
-pub async fn serve(
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves one accepted socket: the TLS handshake first if the listener has TLS.
+pub async fn accept(
     socket: TcpStream,
     peer: SocketAddr,
     id: u64,
     gateway: Arc<Gateway>,
+    listener: Arc<Listener>,
+    permit: ConnectionPermit,
     shutdown: CancellationToken,
 ) {
-    let (read_half, write_half) = socket.into_split();
+    match listener.tls.clone() {
+        None => serve(socket, peer, id, gateway, listener, shutdown).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                Ok(Ok(stream)) => serve(stream, peer, id, gateway, listener, shutdown).await,
+                Ok(Err(e)) => {
+                    tracing::info!(conn = id, %peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => tracing::info!(conn = id, %peer, "TLS handshake timed out"),
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// Serves one connection until the client leaves, a frame is malformed, or shutdown.
+pub async fn serve<S>(
+    socket: S,
+    peer: SocketAddr,
+    id: u64,
+    gateway: Arc<Gateway>,
+    listener: Arc<Listener>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(socket);
+    let mut session = Session::new(listener, id, peer);
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     let (tx, mut rx) = mpsc::channel::<InFlight>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(async move {
@@ -104,8 +140,20 @@ pub async fn serve(
                 break;
             }
         };
-        match dispatch(&gateway, frame, peer).await {
-            Ok((response, barrier)) => {
+        match dispatch(&gateway, frame, peer, &mut session).await {
+            Ok(Dispatched::Close(response, delay)) => {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                let _ = tx
+                    .send(InFlight {
+                        response,
+                        written: None,
+                    })
+                    .await;
+                break;
+            }
+            Ok(Dispatched::Go(response, barrier)) => {
                 let (written, wait) = if barrier {
                     let (done, wait) = oneshot::channel();
                     (Some(done), Some(wait))
@@ -192,13 +240,22 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-/// Decodes one frame and starts its handler. Returns the response future and whether the
-/// request is a barrier (runs alone).
+/// What to do with a decoded request.
+enum Dispatched {
+    /// Send the response (its future), and whether the request is a barrier (runs alone).
+    Go(BoxFuture<'static, Option<Bytes>>, bool),
+    /// Send the response after the delay, then close the connection.
+    Close(BoxFuture<'static, Option<Bytes>>, Option<std::time::Duration>),
+}
+
+/// Decodes one frame, applies the connection's authentication and authorization, and
+/// starts its handler.
 async fn dispatch(
     gateway: &Arc<Gateway>,
     frame: Bytes,
     peer: SocketAddr,
-) -> Result<(BoxFuture<'static, Option<Bytes>>, bool), CloseReason> {
+    session: &mut Session,
+) -> Result<Dispatched, CloseReason> {
     let mut peek = &frame[..];
     let key = peek.get_i16();
     let version = peek.get_i16();
@@ -214,7 +271,7 @@ async fn dispatch(
                 reason: e,
             }
         })?;
-        return Ok((Box::pin(async move { Some(encoded) }), true));
+        return Ok(Dispatched::Go(Box::pin(async move { Some(encoded) }), true));
     }
     if !handlers::is_supported(api_key, version) {
         return Err(CloseReason::UnsupportedVersion {
@@ -232,6 +289,51 @@ async fn dispatch(
             version,
             reason: e.to_string(),
         })?;
+    session
+        .check(api_key)
+        .map_err(|reason| CloseReason::NotAuthenticated {
+            api: api_key,
+            reason,
+        })?;
+    let sasl_reply = match &request {
+        RequestKind::SaslHandshake(req) => Some(session.handshake(req)),
+        RequestKind::SaslAuthenticate(req) => {
+            Some(session.authenticate(gateway, version, correlation_id, req))
+        }
+        _ => None,
+    };
+    if let Some(reply) = sasl_reply {
+        let encoded = encode_response(api_key, version, correlation_id, &reply.response)
+            .map_err(|e| CloseReason::BadRequest {
+                key: api_key,
+                version,
+                reason: e,
+            })?;
+        let response: BoxFuture<'static, Option<Bytes>> = Box::pin(async move { Some(encoded) });
+        return Ok(if reply.close {
+            Dispatched::Close(response, reply.delay)
+        } else {
+            Dispatched::Go(response, true)
+        });
+    }
+    let rid = session.request_id(correlation_id);
+    let (request, fixup) = match &session.authorizer {
+        Some(a) => match crate::authz::pre(gateway, a, &rid, request) {
+            Ok(filtered) => filtered,
+            Err(refusal) => {
+                let encoded = encode_response(api_key, version, correlation_id, &refusal)
+                    .map_err(|e| CloseReason::BadRequest {
+                        key: api_key,
+                        version,
+                        reason: e,
+                    })?;
+                return Ok(Dispatched::Go(Box::pin(async move { Some(encoded) }), true));
+            }
+        },
+        None => (request, crate::authz::Fixup::None),
+    };
+    let authorizer = session.authorizer.clone();
+    let listener = session.listener.clone();
     let client_id = header
         .client_id
         .as_ref()
@@ -247,7 +349,11 @@ async fn dispatch(
     };
     let (pending, barrier) = handlers::handle(gateway, &ctx, request).await;
     let response = Box::pin(async move {
-        let body = pending.await?;
+        let mut body = pending.await?;
+        if let Some(a) = &authorizer {
+            fixup.apply(a, &rid, ctx.version, &mut body);
+        }
+        crate::authz::advertise_listener(&listener, &mut body);
         match encode_response(ctx.api_key, ctx.version, ctx.correlation_id, &body) {
             Ok(frame) => Some(frame),
             Err(e) => {
@@ -256,7 +362,7 @@ async fn dispatch(
             }
         }
     });
-    Ok((response, barrier))
+    Ok(Dispatched::Go(response, barrier))
 }
 
 /// Encodes `i32 length | response header | body`.

@@ -13,6 +13,7 @@
 //! The gateway holds no durable state: an append is acknowledged only after the storage
 //! service wrote the object and the metadata service committed its index entries.
 
+pub mod authz;
 pub mod batch;
 pub mod broker;
 pub mod config;
@@ -22,6 +23,8 @@ pub mod groups;
 pub mod guard;
 pub mod handlers;
 pub mod lag;
+pub mod listener;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +70,10 @@ pub struct GatewayConfig {
     pub groups: groups::GroupConfig,
     /// Most record bytes one Fetch response returns (Kafka's broker `fetch.max.bytes`).
     pub fetch_max_bytes: usize,
+    /// Open connections over all listeners; more are closed at once.
+    pub max_connections: usize,
+    /// New connections per second over all listeners; more are closed at once.
+    pub max_connections_per_second: u32,
 }
 
 impl Default for GatewayConfig {
@@ -82,6 +89,8 @@ impl Default for GatewayConfig {
             max_fetch_sessions: 1000,
             groups: groups::GroupConfig::default(),
             fetch_max_bytes: 16 << 20,
+            max_connections: 10_000,
+            max_connections_per_second: 1_000,
         }
     }
 }
@@ -101,6 +110,10 @@ pub struct Gateway {
     pub consumer_groups: consumer_groups::ConsumerGroups,
     /// Serializes topic mutations (create, delete, partitions, configs).
     pub admin: tokio::sync::Mutex<()>,
+    /// Authentication and authorization (None: no SASL listener, nobody authenticates).
+    pub auth: Option<Arc<weir_auth::Auth>>,
+    /// Connection caps shared by every listener.
+    pub limits: Arc<listener::ConnectionLimits>,
 }
 
 impl Gateway {
@@ -112,6 +125,7 @@ impl Gateway {
         meta: Arc<dyn MetadataStore>,
         storage: Arc<dyn Storage>,
         registry: Arc<Registry>,
+        auth: Option<Arc<weir_auth::Auth>>,
     ) -> Result<Arc<Self>, GatewayError> {
         let cluster_id = meta.cluster_id().await?;
         for record in meta.list_topics().await? {
@@ -133,6 +147,10 @@ impl Gateway {
             );
             storage.delete_objects(orphans).await;
         }
+        let limits = Arc::new(listener::ConnectionLimits::new(
+            config.max_connections,
+            config.max_connections_per_second,
+        ));
         Ok(Arc::new(Gateway {
             sessions: handlers::fetch::FetchSessions::new(config.max_fetch_sessions),
             groups: groups::Coordinator::new(config.groups.clone()),
@@ -146,6 +164,8 @@ impl Gateway {
             registry,
             cluster_id,
             admin: tokio::sync::Mutex::new(()),
+            auth,
+            limits,
         }))
     }
 
@@ -187,9 +207,13 @@ impl Gateway {
     }
 }
 
-/// Serves Kafka clients on `listener` until `shutdown` is cancelled, then stops accepting,
-/// lets in-flight requests finish (bounded), and returns. The caller bound the socket.
-pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+/// Serves Kafka clients on `listeners` until `shutdown` is cancelled, then stops accepting,
+/// lets in-flight requests finish (bounded), and returns. The caller bound the sockets.
+pub async fn run(
+    listeners: Vec<(TcpListener, Arc<listener::Listener>)>,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+) {
     let mut connections = JoinSet::new();
     let retention = {
         let gateway = gateway.clone();
@@ -223,25 +247,59 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: Cancell
             }
         })
     };
+    // One accept task per listener feeds accepted sockets here.
+    let (accepted_tx, mut accepted_rx) =
+        tokio::sync::mpsc::channel::<(tokio::net::TcpStream, SocketAddr, Arc<listener::Listener>)>(64);
+    let mut acceptors = JoinSet::new();
+    for (socket, spec) in listeners {
+        let tx = accepted_tx.clone();
+        let shutdown = shutdown.clone();
+        acceptors.spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = socket.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            if tx.send((stream, peer, spec.clone())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+    drop(accepted_tx);
     let mut next_id: u64 = 0;
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
+            accepted = accepted_rx.recv() => match accepted {
+                Some((socket, peer, spec)) => {
                     next_id += 1;
+                    let permit = match gateway.limits.admit() {
+                        Ok(p) => p,
+                        Err(why) => {
+                            tracing::warn!(%peer, open = gateway.limits.open(), "refusing a connection: {why}");
+                            drop(socket);
+                            continue;
+                        }
+                    };
                     let _ = socket.set_nodelay(true);
-                    connections.spawn(conn::serve(socket, peer, next_id, gateway.clone(), shutdown.clone()));
+                    connections.spawn(conn::accept(socket, peer, next_id, gateway.clone(), spec, permit, shutdown.clone()));
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                None => break,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = shutdown.cancelled() => break,
         }
     }
-    drop(listener);
+    acceptors.abort_all();
+    while acceptors.join_next().await.is_some() {}
+    drop(accepted_rx);
     gateway.registry.close();
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(10), drain)

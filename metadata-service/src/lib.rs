@@ -41,13 +41,17 @@ pub enum MetadataError {
     Backend(String),
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
+    #[error("record '{0}' already exists")]
+    RecordExists(String),
 }
 
 impl MetadataError {
     /// What the caller should do about this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            MetadataError::TopicExists(_) => ErrorKind::AlreadyExists,
+            MetadataError::TopicExists(_) | MetadataError::RecordExists(_) => {
+                ErrorKind::AlreadyExists
+            }
             MetadataError::UnknownTopic(_) | MetadataError::UnknownPartition(_) => {
                 ErrorKind::NotFound
             }
@@ -243,6 +247,26 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
 
     /// Every group that has committed offsets.
     async fn offset_groups(&self) -> Result<Vec<String>>;
+
+    /// Reads one record of a namespace of small documents (credentials, principals,
+    /// policies: anything that is neither log nor group state).
+    async fn record_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Writes a record. With `create_only`, fails with [`MetadataError::RecordExists`] when
+    /// the key is taken (so two writers can never claim one key).
+    async fn record_put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Vec<u8>,
+        create_only: bool,
+    ) -> Result<()>;
+
+    /// Deletes a record; returns whether it existed.
+    async fn record_delete(&self, namespace: &str, key: &str) -> Result<bool>;
+
+    /// Every record of a namespace, ordered by key.
+    async fn record_list(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>>;
 }
 
 #[cfg(test)]

@@ -346,6 +346,31 @@ async fn group_offsets(store: &dyn MetadataStore) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn records(store: &dyn MetadataStore) -> anyhow::Result<()> {
+    store.record_put("a", "k1", b"one".to_vec(), true).await?;
+    assert!(matches!(
+        store.record_put("a", "k1", b"two".to_vec(), true).await,
+        Err(MetadataError::RecordExists(_))
+    ));
+    assert_eq!(store.record_get("a", "k1").await?, Some(b"one".to_vec()));
+    store.record_put("a", "k1", b"two".to_vec(), false).await?;
+    store.record_put("a", "k0", b"zero".to_vec(), false).await?;
+    // A namespace that is a prefix of another sees only its own records.
+    store.record_put("ab", "k9", b"x".to_vec(), false).await?;
+    assert_eq!(
+        store.record_list("a").await?,
+        vec![
+            ("k0".to_string(), b"zero".to_vec()),
+            ("k1".to_string(), b"two".to_vec())
+        ]
+    );
+    assert!(store.record_delete("a", "k1").await?);
+    assert!(!store.record_delete("a", "k1").await?);
+    assert_eq!(store.record_get("a", "k1").await?, None);
+    assert_eq!(store.record_list("ab").await?.len(), 1);
+    Ok(())
+}
+
 async fn embedded() -> anyhow::Result<(tempfile::TempDir, Arc<dyn MetadataStore>)> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn MetadataStore> = Arc::new(EmbeddedStore::open(dir.path())?);
@@ -421,4 +446,10 @@ async fn embedded_survives_reopen() -> anyhow::Result<()> {
 async fn embedded_group_offsets() -> anyhow::Result<()> {
     let (_d, s) = embedded().await?;
     group_offsets(s.as_ref()).await
+}
+
+#[tokio::test]
+async fn embedded_records() -> anyhow::Result<()> {
+    let (_d, s) = embedded().await?;
+    records(s.as_ref()).await
 }

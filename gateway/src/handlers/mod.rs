@@ -48,6 +48,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// Whether `version` of `key` is implemented.
@@ -276,5 +278,6 @@ pub fn metadata_error_code(e: &weir_metadata::MetadataError) -> i16 {
         M::UnknownTopic(_) | M::UnknownPartition(_) => code(ResponseError::UnknownTopicOrPartition),
         M::Invalid(_) => code(ResponseError::InvalidRequest),
         M::Backend(_) | M::Corrupt(_) => code(ResponseError::KafkaStorageError),
+        M::RecordExists(_) => code(ResponseError::InvalidRequest),
     }
 }

@@ -32,6 +32,8 @@ const GROUP_OFFSETS: TableDefinition<(&str, &str, i32), &[u8]> =
     TableDefinition::new("group_offsets");
 /// (topic id, partition, producer id) -> recent batches of that producer
 const PRODUCERS: TableDefinition<(u128, i32, i64), &[u8]> = TableDefinition::new("producers");
+/// (namespace, key) -> document
+const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
 
 /// The embedded metadata store (`embedded://<dir>`).
 #[derive(Clone)]
@@ -69,6 +71,7 @@ impl EmbeddedStore {
             txn.open_table(OBJECTS).map_err(backend)?;
             txn.open_table(PRODUCERS).map_err(backend)?;
             txn.open_table(GROUP_OFFSETS).map_err(backend)?;
+            txn.open_table(RECORDS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
@@ -776,6 +779,81 @@ impl MetadataStore for EmbeddedStore {
                 if out.last().map(String::as_str) != Some(group) {
                     out.push(group.to_string());
                 }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let (ns, key) = (namespace.to_string(), key.to_string());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(RECORDS).map_err(backend)?;
+            let value = table.get((ns.as_str(), key.as_str())).map_err(backend)?;
+            Ok(value.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    async fn record_put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Vec<u8>,
+        create_only: bool,
+    ) -> Result<()> {
+        let (ns, key) = (namespace.to_string(), key.to_string());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut table = txn.open_table(RECORDS).map_err(backend)?;
+                if create_only
+                    && table
+                        .get((ns.as_str(), key.as_str()))
+                        .map_err(backend)?
+                        .is_some()
+                {
+                    return Err(MetadataError::RecordExists(format!("{ns}/{key}")));
+                }
+                table
+                    .insert((ns.as_str(), key.as_str()), value.as_slice())
+                    .map_err(backend)?;
+            }
+            txn.commit().map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_delete(&self, namespace: &str, key: &str) -> Result<bool> {
+        let (ns, key) = (namespace.to_string(), key.to_string());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let existed = {
+                let mut table = txn.open_table(RECORDS).map_err(backend)?;
+                let removed = table.remove((ns.as_str(), key.as_str())).map_err(backend)?;
+                removed.is_some()
+            };
+            txn.commit().map_err(backend)?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn record_list(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let ns = namespace.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(RECORDS).map_err(backend)?;
+            let end = format!("{ns}\0");
+            let mut out = Vec::new();
+            for item in table
+                .range((ns.as_str(), "")..(end.as_str(), ""))
+                .map_err(backend)?
+            {
+                let (k, v) = item.map_err(backend)?;
+                out.push((k.value().1.to_string(), v.value().to_vec()));
             }
             Ok(out)
         })
