@@ -282,7 +282,12 @@ pub fn check_admin_bind(addr: SocketAddr, token: Option<&str>) -> Result<()> {
 #[derive(Args, Debug)]
 pub struct AuthArgs {
     /// URL of a running weir's admin API.
-    #[arg(long, env = "WEIR_ADMIN_URL", default_value = "http://127.0.0.1:9644", global = true)]
+    #[arg(
+        long,
+        env = "WEIR_ADMIN_URL",
+        default_value = "http://127.0.0.1:9644",
+        global = true
+    )]
     admin: String,
     /// Bearer token of the admin API, if it has one.
     #[arg(long, env = "WEIR_ADMIN_TOKEN", global = true)]

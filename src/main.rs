@@ -352,7 +352,10 @@ impl ServeArgs {
         if tls_cert.is_some() != tls_key.is_some() {
             bail!("--tls-cert and --tls-key go together");
         }
-        let admin_token = self.admin_token.or(file.admin_token).filter(|t| !t.is_empty());
+        let admin_token = self
+            .admin_token
+            .or(file.admin_token)
+            .filter(|t| !t.is_empty());
         let admin_listen_explicit = self.admin_listen.or(file.admin_listen);
         let admin_listen =
             admin_listen_explicit.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9644)));
@@ -494,9 +497,15 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     // Bind every listener first, so a port in use fails fast.
     let mut bound = Vec::new();
     for spec in &settings.listeners {
-        let socket = tokio::net::TcpListener::bind(spec.addr).await.with_context(|| {
-            format!("binding the {} listener on {}", spec.protocol.name(), spec.addr)
-        })?;
+        let socket = tokio::net::TcpListener::bind(spec.addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the {} listener on {}",
+                    spec.protocol.name(),
+                    spec.addr
+                )
+            })?;
         let local = socket.local_addr()?;
         let (host, port) = match &spec.advertise {
             Some(a) => parse_host_port(a)?,
@@ -519,12 +528,15 @@ async fn serve(settings: ServeSettings) -> Result<()> {
                         hosts.push(host.clone());
                     }
                 }
-                let files = weir_auth::tls::load_or_generate(&settings.data_dir.join("tls"), &hosts)?;
+                let files =
+                    weir_auth::tls::load_or_generate(&settings.data_dir.join("tls"), &hosts)?;
                 println!("weir tls: clients trust {}", absolute(&files.ca).display());
                 (files.cert, files.key)
             }
         };
-        Some(tokio_rustls::TlsAcceptor::from(weir_auth::tls::server_config(&cert, &key)?))
+        Some(tokio_rustls::TlsAcceptor::from(
+            weir_auth::tls::server_config(&cert, &key)?,
+        ))
     } else {
         None
     };
@@ -548,7 +560,9 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     // Credentials and policies.
     let master = match &settings.auth_master_key {
         Some(k) => weir_auth::MasterKey::from_base64(k)?,
-        None => weir_auth::MasterKey::load_or_create(&settings.data_dir.join("auth").join("master.key"))?,
+        None => weir_auth::MasterKey::load_or_create(
+            &settings.data_dir.join("auth").join("master.key"),
+        )?,
     };
     let auth_store = Arc::new(weir_auth::AuthStore::open(meta.clone(), master).await?);
     let cluster_id = meta.cluster_id().await?;
@@ -556,7 +570,12 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     hosts.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
     let auth = Arc::new(weir_auth::Auth::new(
         auth_store,
-        weir_auth::Arns::new(&settings.auth_region, &settings.account_id, &settings.cluster_name, &cluster_id),
+        weir_auth::Arns::new(
+            &settings.auth_region,
+            &settings.account_id,
+            &settings.cluster_name,
+            &cluster_id,
+        ),
         weir_auth::AuthConfig {
             region: settings.auth_region.clone(),
             hosts,
@@ -594,12 +613,20 @@ async fn serve(settings: ServeSettings) -> Result<()> {
             advertised_host: host,
             advertised_port: port,
             mechanisms: spec.mechanisms.clone(),
-            tls: if spec.protocol.tls() { tls.clone() } else { None },
+            tls: if spec.protocol.tls() {
+                tls.clone()
+            } else {
+                None
+            },
         });
         let mechanisms: Vec<&str> = spec.mechanisms.iter().map(|m| m.name()).collect();
         tracing::info!(protocol = spec.protocol.name(), listen = %spec.addr,
             advertised = %listener.bootstrap(), mechanisms = ?mechanisms, "listener");
-        described.push(format!("{}://{}", spec.protocol.name(), listener.bootstrap()));
+        described.push(format!(
+            "{}://{}",
+            spec.protocol.name(),
+            listener.bootstrap()
+        ));
         listeners.push((socket, listener));
     }
     let bootstrap = weir_gateway::bootstrap(&gateway.config);
@@ -607,10 +634,8 @@ async fn serve(settings: ServeSettings) -> Result<()> {
         object_store = %settings.object_store, metadata = %settings.metadata,
         admin = %admin_addr, "weir is ready");
     println!("weir admin api: http://{admin_addr}");
-    println!(
-        "weir is ready: bootstrap.servers={bootstrap} listeners={}",
-        described.join(",")
-    );
+    println!("weir listeners: {}", described.join(","));
+    println!("weir is ready: bootstrap.servers={bootstrap}");
     weir_gateway::run(listeners, gateway, shutdown).await;
     let _ = admin_task.await;
     tracing::info!("flushing and stopping");

@@ -127,9 +127,8 @@ impl SignedRequest {
     pub fn from_msk_iam_json(payload: &[u8]) -> Result<Self, TokenError> {
         let map: BTreeMap<String, serde_json::Value> = serde_json::from_slice(payload)
             .map_err(|e| TokenError::Malformed(format!("not a JSON object: {e}")))?;
-        let text = |k: &str| -> Option<String> {
-            map.get(k).and_then(|v| v.as_str()).map(str::to_string)
-        };
+        let text =
+            |k: &str| -> Option<String> { map.get(k).and_then(|v| v.as_str()).map(str::to_string) };
         match text("version").as_deref() {
             Some("2020_10_22") => {}
             other => {
@@ -240,8 +239,12 @@ impl SignedRequest {
             param(self, "X-Amz-Date")?,
             hex::encode(Sha256::digest(canonical.as_bytes()))
         );
-        let key =
-            aws_sigv4::sign::v4::generate_signing_key(secret, claims.signed_at, &claims.region, SERVICE);
+        let key = aws_sigv4::sign::v4::generate_signing_key(
+            secret,
+            claims.signed_at,
+            &claims.region,
+            SERVICE,
+        );
         let expected = aws_sigv4::sign::v4::calculate_signature(key, string_to_sign.as_bytes());
         let claimed = self.signature.to_ascii_lowercase();
         if expected.as_bytes().ct_eq(claimed.as_bytes()).into() {
@@ -301,7 +304,10 @@ mod tests {
         params.insert("X-Amz-Algorithm".into(), "AWS4-HMAC-SHA256".into());
         params.insert(
             "X-Amz-Credential".into(),
-            format!("{akid}/{}/{region}/kafka-cluster/aws4_request", &amz_date[..8]),
+            format!(
+                "{akid}/{}/{region}/kafka-cluster/aws4_request",
+                &amz_date[..8]
+            ),
         );
         params.insert("X-Amz-Date".into(), amz_date.into());
         params.insert("X-Amz-Expires".into(), "900".into());
@@ -317,7 +323,8 @@ mod tests {
             "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
             hex::encode(Sha256::digest(req.canonical_request().as_bytes()))
         );
-        let key = aws_sigv4::sign::v4::generate_signing_key(secret, claims.signed_at, region, SERVICE);
+        let key =
+            aws_sigv4::sign::v4::generate_signing_key(secret, claims.signed_at, region, SERVICE);
         let sig = aws_sigv4::sign::v4::calculate_signature(key, sts.as_bytes());
         // Parameters in a different order than sorted, plus a User-Agent after signing.
         let mut query: Vec<String> = params
@@ -393,7 +400,11 @@ mod tests {
         );
         // Tampered signature.
         let mut tampered = req.clone();
-        let first = if tampered.signature.starts_with('0') { "1" } else { "0" };
+        let first = if tampered.signature.starts_with('0') {
+            "1"
+        } else {
+            "0"
+        };
         tampered.signature.replace_range(0..1, first);
         assert_eq!(
             tampered.verify_signature(&claims, SECRET),
@@ -403,7 +414,10 @@ mod tests {
         let mut other = req.clone();
         other.params.insert("X-Amz-Expires".into(), "899".into());
         let c = other.claims(now).unwrap();
-        assert_eq!(other.verify_signature(&c, SECRET), Err(TokenError::BadSignature));
+        assert_eq!(
+            other.verify_signature(&c, SECRET),
+            Err(TokenError::BadSignature)
+        );
         // Expired (15 min + skew later) and from the future.
         assert_eq!(
             req.claims(now + Duration::from_secs(900 + 301)),
@@ -449,7 +463,8 @@ mod tests {
         let now = parse_amz_date(date).unwrap();
         let url = presign("h", "K", SECRET, "us-east-1", date);
         let mut req = SignedRequest::from_oauth_token(&token(&url)).unwrap();
-        req.params.insert("Action".into(), "kafka-cluster:WriteData".into());
+        req.params
+            .insert("Action".into(), "kafka-cluster:WriteData".into());
         assert!(matches!(req.claims(now), Err(TokenError::Unsupported(_))));
         let mut req = SignedRequest::from_oauth_token(&token(&url)).unwrap();
         req.params.insert("X-Amz-Expires".into(), "3600".into());

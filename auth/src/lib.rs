@@ -257,7 +257,9 @@ enum SaslState {
         known: bool,
     },
     /// OAUTHBEARER failure sent as an error challenge; the client's `\x01` ends it.
-    OauthFailed { reason: String },
+    OauthFailed {
+        reason: String,
+    },
     Finished,
 }
 
@@ -303,7 +305,14 @@ impl Sasl {
             (SaslState::Start, Mechanism::ScramSha256 | Mechanism::ScramSha512) => {
                 self.scram_first(auth, msg)
             }
-            (SaslState::ScramFinal { server, user, known }, _) => match server.finish(msg) {
+            (
+                SaslState::ScramFinal {
+                    server,
+                    user,
+                    known,
+                },
+                _,
+            ) => match server.finish(msg) {
                 Ok(reply) if known => Step::Done {
                     principal: Principal {
                         name: user,

@@ -48,7 +48,11 @@ pub struct Statement {
     pub not_action: Option<OneOrMany>,
     #[serde(rename = "Resource", default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<OneOrMany>,
-    #[serde(rename = "NotResource", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "NotResource",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub not_resource: Option<OneOrMany>,
     #[serde(rename = "Condition", default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<serde_json::Value>,
@@ -227,11 +231,31 @@ mod tests {
     fn wildcards() {
         assert!(wildcard("*", "anything", false));
         assert!(wildcard("kafka-cluster:*", "kafka-cluster:ReadData", true));
-        assert!(wildcard("kafka-cluster:*Data", "kafka-cluster:ReadData", true));
-        assert!(wildcard("KAFKA-cluster:readdata", "kafka-cluster:ReadData", true));
-        assert!(!wildcard("kafka-cluster:Read", "kafka-cluster:ReadData", true));
-        assert!(wildcard("arn:aws:kafka:*:*:topic/weir/*/ord?rs", TOPIC, false));
-        assert!(!wildcard("arn:aws:kafka:*:*:topic/weir/*/Orders", TOPIC, false));
+        assert!(wildcard(
+            "kafka-cluster:*Data",
+            "kafka-cluster:ReadData",
+            true
+        ));
+        assert!(wildcard(
+            "KAFKA-cluster:readdata",
+            "kafka-cluster:ReadData",
+            true
+        ));
+        assert!(!wildcard(
+            "kafka-cluster:Read",
+            "kafka-cluster:ReadData",
+            true
+        ));
+        assert!(wildcard(
+            "arn:aws:kafka:*:*:topic/weir/*/ord?rs",
+            TOPIC,
+            false
+        ));
+        assert!(!wildcard(
+            "arn:aws:kafka:*:*:topic/weir/*/Orders",
+            TOPIC,
+            false
+        ));
         assert!(wildcard("a*b*c", "aXXbYYc", false));
         assert!(!wildcard("a*b*c", "aXXbYY", false));
     }

@@ -185,7 +185,11 @@ pub fn parse_client_first(msg: &[u8]) -> Result<ClientFirst, ScramError> {
     }
     let username = username.ok_or(ScramError::Malformed("no username"))?;
     let client_nonce = nonce.ok_or(ScramError::Malformed("no nonce"))?;
-    if client_nonce.is_empty() || !client_nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',') {
+    if client_nonce.is_empty()
+        || !client_nonce
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+    {
         return Err(ScramError::Malformed("bad nonce"));
     }
     Ok(ClientFirst {
@@ -328,12 +332,24 @@ mod tests {
         );
     }
 
-    fn client_proof(mech: ScramMechanism, password: &str, salt: &[u8], i: u32, auth: &str) -> String {
+    fn client_proof(
+        mech: ScramMechanism,
+        password: &str,
+        salt: &[u8],
+        i: u32,
+        auth: &str,
+    ) -> String {
         let salted = mech.salted_password(password, salt, i);
         let client_key = mech.hmac(&salted, b"Client Key");
         let stored = mech.hash(&client_key);
         let sig = mech.hmac(&stored, auth.as_bytes());
-        B64.encode(client_key.iter().zip(sig).map(|(a, b)| a ^ b).collect::<Vec<_>>())
+        B64.encode(
+            client_key
+                .iter()
+                .zip(sig)
+                .map(|(a, b)| a ^ b)
+                .collect::<Vec<_>>(),
+        )
     }
 
     #[test]
@@ -343,7 +359,13 @@ mod tests {
             let first = parse_client_first(b"n,,n=alice,r=abcdef").unwrap();
             let (server, reply) = ScramServer::start(&first, cred.clone());
             let reply = String::from_utf8(reply).unwrap();
-            let nonce = reply.split(',').next().unwrap().strip_prefix("r=").unwrap().to_string();
+            let nonce = reply
+                .split(',')
+                .next()
+                .unwrap()
+                .strip_prefix("r=")
+                .unwrap()
+                .to_string();
             assert!(nonce.starts_with("abcdef"));
             let without = format!("c=biws,r={nonce}");
             let auth = format!("n=alice,r=abcdef,{reply},{without}");
@@ -362,7 +384,10 @@ mod tests {
         );
         assert!(parse_client_first(b"n,,r=b").is_err());
         assert!(parse_client_first(b"garbage").is_err());
-        assert_eq!(parse_client_first(b"n,,n=a=2Cb,r=x").unwrap().username, "a,b");
+        assert_eq!(
+            parse_client_first(b"n,,n=a=2Cb,r=x").unwrap().username,
+            "a,b"
+        );
         assert!(parse_client_first(b"n,,n=a=zz,r=x").is_err());
     }
 

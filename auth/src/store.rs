@@ -92,7 +92,9 @@ impl MasterKey {
 
     fn open(&self, sealed: &Sealed, aad: &str) -> Result<String, AuthError> {
         let nonce = B64.decode(&sealed.nonce).map_err(|_| AuthError::Crypto)?;
-        let ciphertext = B64.decode(&sealed.ciphertext).map_err(|_| AuthError::Crypto)?;
+        let ciphertext = B64
+            .decode(&sealed.ciphertext)
+            .map_err(|_| AuthError::Crypto)?;
         if nonce.len() != 12 {
             return Err(AuthError::Crypto);
         }
@@ -250,9 +252,10 @@ impl AuthStore {
             state.keys.insert(id, key);
         }
         for (user, bytes) in self.meta.record_list(NS_SCRAM).await? {
-            state
-                .scram
-                .insert(user.clone(), decode_json(&format!("SCRAM user {user}"), &bytes)?);
+            state.scram.insert(
+                user.clone(),
+                decode_json(&format!("SCRAM user {user}"), &bytes)?,
+            );
         }
         for (principal, bytes) in self.meta.record_list(NS_POLICIES).await? {
             let docs: BTreeMap<String, PolicyDocument> =
@@ -293,7 +296,11 @@ impl AuthStore {
     }
 
     /// The SCRAM credential of a user for one mechanism.
-    pub fn scram_credential(&self, user: &str, mechanism: ScramMechanism) -> Option<ScramCredential> {
+    pub fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: ScramMechanism,
+    ) -> Option<ScramCredential> {
         self.read()
             .scram
             .get(user)?
@@ -328,8 +335,7 @@ impl AuthStore {
         validate_name("principal", principal)?;
         let _w = self.write.lock().await;
         const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-        const SECRET: &[u8] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         loop {
             let id = format!("WKIA{}", random_string(UPPER, 16));
             let secret = random_string(SECRET, 40);
@@ -479,7 +485,8 @@ impl AuthStore {
     ) -> Result<(), AuthError> {
         validate_name("principal", principal)?;
         validate_name("policy name", name)?;
-        doc.validate().map_err(|e| AuthError::Invalid(e.to_string()))?;
+        doc.validate()
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let _w = self.write.lock().await;
         let mut docs: BTreeMap<String, Arc<PolicyDocument>> = self
             .read()
@@ -591,14 +598,20 @@ mod tests {
             Some(("alice".to_string(), key.secret_access_key.clone()))
         );
         // The stored record does not contain the secret.
-        let raw = meta.record_get(NS_KEYS, &key.access_key_id).await.unwrap().unwrap();
+        let raw = meta
+            .record_get(NS_KEYS, &key.access_key_id)
+            .await
+            .unwrap()
+            .unwrap();
         let raw = String::from_utf8(raw).unwrap();
         assert!(!raw.contains(&key.secret_access_key));
         // Another process (same master key) sees it.
         let again = AuthStore::open(meta.clone(), master).await.unwrap();
         assert!(again.secret_for(&key.access_key_id).is_some());
         // A wrong master key cannot decrypt it.
-        let wrong = AuthStore::open(meta.clone(), MasterKey([8u8; 32])).await.unwrap();
+        let wrong = AuthStore::open(meta.clone(), MasterKey([8u8; 32]))
+            .await
+            .unwrap();
         assert!(wrong.secret_for(&key.access_key_id).is_none());
         // Rotation: the new key works, the old one does not.
         let v = store.version();
@@ -608,20 +621,28 @@ mod tests {
         assert!(store.secret_for(&new.access_key_id).is_some());
         let listed = store.list_keys(Some("alice"));
         assert_eq!(listed.len(), 2);
-        assert!(!serde_json::to_string(&listed).unwrap().contains(&new.secret_access_key));
+        assert!(!serde_json::to_string(&listed)
+            .unwrap()
+            .contains(&new.secret_access_key));
     }
 
     #[tokio::test]
     async fn scram_and_policies() {
         let dir = tempfile::tempdir().unwrap();
         let meta: Arc<dyn MetadataStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        let store = AuthStore::open(meta.clone(), MasterKey([1u8; 32])).await.unwrap();
+        let store = AuthStore::open(meta.clone(), MasterKey([1u8; 32]))
+            .await
+            .unwrap();
         store
             .set_scram("bob", "pw", &[ScramMechanism::Sha512], None)
             .await
             .unwrap();
-        assert!(store.scram_credential("bob", ScramMechanism::Sha512).is_some());
-        assert!(store.scram_credential("bob", ScramMechanism::Sha256).is_none());
+        assert!(store
+            .scram_credential("bob", ScramMechanism::Sha512)
+            .is_some());
+        assert!(store
+            .scram_credential("bob", ScramMechanism::Sha256)
+            .is_none());
         let raw = meta.record_get(NS_SCRAM, "bob").await.unwrap().unwrap();
         assert!(!String::from_utf8(raw).unwrap().contains("\"pw\""));
         let doc = PolicyDocument::parse(

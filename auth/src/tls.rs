@@ -33,7 +33,9 @@ impl CertFiles {
 /// Generates a CA and a server certificate it signed, valid for `hosts` (DNS names or IP
 /// addresses), into `dir`. Existing files are replaced.
 pub fn generate(dir: &Path, hosts: &[String]) -> Result<CertFiles, AuthError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     let tls = |e: rcgen::Error| AuthError::Tls(e.to_string());
     std::fs::create_dir_all(dir)?;
     let files = CertFiles::in_dir(dir);
@@ -54,15 +56,19 @@ pub fn generate(dir: &Path, hosts: &[String]) -> Result<CertFiles, AuthError> {
 
     let server_key = KeyPair::generate().map_err(tls)?;
     let mut params = CertificateParams::new(hosts.to_vec()).map_err(tls)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, hosts.first().map(String::as_str).unwrap_or("localhost"));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        hosts.first().map(String::as_str).unwrap_or("localhost"),
+    );
     params.use_authority_key_identifier_extension = true;
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let server_cert = params.signed_by(&server_key, &issuer).map_err(tls)?;
 
     std::fs::write(&files.ca, ca_cert.pem())?;
-    std::fs::write(&files.cert, format!("{}{}", server_cert.pem(), ca_cert.pem()))?;
+    std::fs::write(
+        &files.cert,
+        format!("{}{}", server_cert.pem(), ca_cert.pem()),
+    )?;
     crate::store::write_private(&files.key, server_key.serialize_pem().as_bytes())?;
     Ok(files)
 }

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use uuid::Uuid;
 use kafka_protocol::ResponseError;
+use uuid::Uuid;
 use weir_auth::{Action, Auth, Resource};
 
 use crate::Gateway;
@@ -110,7 +110,9 @@ pub enum Fixup {
     ListOffsets(Vec<(TopicName, Vec<i32>)>),
     /// Explicitly requested topics refused; every other topic the principal may not
     /// describe is dropped from the answer.
-    Metadata { refused: Vec<TopicName> },
+    Metadata {
+        refused: Vec<TopicName>,
+    },
     CreateTopics(Vec<TopicName>, String),
     DeleteTopics(Vec<(Option<TopicName>, Uuid)>, String),
     CreatePartitions(Vec<TopicName>, String),
@@ -145,10 +147,17 @@ pub fn pre(
     Ok(match request {
         R::Produce(mut req) => {
             if let Some(txn) = &req.transactional_id {
-                if !a.allowed(rid, Action::AlterTransactionalId, Resource::TransactionalId(txn.to_string())) {
+                if !a.allowed(
+                    rid,
+                    Action::AlterTransactionalId,
+                    Resource::TransactionalId(txn.to_string()),
+                ) {
                     let mut denied = Vec::new();
                     for t in std::mem::take(&mut req.topic_data) {
-                        denied.push((t.name.clone(), t.partition_data.iter().map(|p| p.index).collect()));
+                        denied.push((
+                            t.name.clone(),
+                            t.partition_data.iter().map(|p| p.index).collect(),
+                        ));
                     }
                     return Ok((R::Produce(req), Fixup::Produce(denied, rid.to_string())));
                 }
@@ -157,7 +166,10 @@ pub fn pre(
             req.topic_data.retain(|t| {
                 let ok = a.topic(rid, Action::WriteData, &t.name);
                 if !ok {
-                    denied.push((t.name.clone(), t.partition_data.iter().map(|p| p.index).collect()));
+                    denied.push((
+                        t.name.clone(),
+                        t.partition_data.iter().map(|p| p.index).collect(),
+                    ));
                 }
                 ok
             });
@@ -177,7 +189,11 @@ pub fn pre(
                 };
                 let ok = a.topic(rid, Action::ReadData, &name);
                 if !ok {
-                    denied.push((t.topic.clone(), t.topic_id, t.partitions.iter().map(|p| p.partition).collect()));
+                    denied.push((
+                        t.topic.clone(),
+                        t.topic_id,
+                        t.partitions.iter().map(|p| p.partition).collect(),
+                    ));
                 }
                 ok
             });
@@ -188,7 +204,10 @@ pub fn pre(
             req.topics.retain(|t| {
                 let ok = a.topic(rid, Action::DescribeTopic, &t.name);
                 if !ok {
-                    denied.push((t.name.clone(), t.partitions.iter().map(|p| p.partition_index).collect()));
+                    denied.push((
+                        t.name.clone(),
+                        t.partitions.iter().map(|p| p.partition_index).collect(),
+                    ));
                 }
                 ok
             });
@@ -208,8 +227,7 @@ pub fn pre(
                 if req.allow_auto_topic_creation
                     && topics.iter().any(|t| {
                         t.name.as_ref().is_some_and(|n| {
-                            gw.registry.topic(n).is_none()
-                                && !a.topic(rid, Action::CreateTopic, n)
+                            gw.registry.topic(n).is_none() && !a.topic(rid, Action::CreateTopic, n)
                         })
                     })
                 {
@@ -228,7 +246,10 @@ pub fn pre(
                 }
                 ok
             });
-            (R::CreateTopics(req), Fixup::CreateTopics(denied, rid.to_string()))
+            (
+                R::CreateTopics(req),
+                Fixup::CreateTopics(denied, rid.to_string()),
+            )
         }
         R::DeleteTopics(mut req) => {
             let mut denied = Vec::new();
@@ -253,7 +274,10 @@ pub fn pre(
                 }
                 ok
             });
-            (R::DeleteTopics(req), Fixup::DeleteTopics(denied, rid.to_string()))
+            (
+                R::DeleteTopics(req),
+                Fixup::DeleteTopics(denied, rid.to_string()),
+            )
         }
         R::CreatePartitions(mut req) => {
             let mut denied = Vec::new();
@@ -264,14 +288,20 @@ pub fn pre(
                 }
                 ok
             });
-            (R::CreatePartitions(req), Fixup::CreatePartitions(denied, rid.to_string()))
+            (
+                R::CreatePartitions(req),
+                Fixup::CreatePartitions(denied, rid.to_string()),
+            )
         }
         R::DeleteRecords(mut req) => {
             let mut denied = Vec::new();
             req.topics.retain(|t| {
                 let ok = a.topic(rid, Action::DeleteTopic, &t.name);
                 if !ok {
-                    denied.push((t.name.clone(), t.partitions.iter().map(|p| p.partition_index).collect()));
+                    denied.push((
+                        t.name.clone(),
+                        t.partitions.iter().map(|p| p.partition_index).collect(),
+                    ));
                 }
                 ok
             });
@@ -286,7 +316,10 @@ pub fn pre(
                 }
                 ok.is_ok()
             });
-            (R::DescribeConfigs(req), Fixup::DescribeConfigs(denied, rid.to_string()))
+            (
+                R::DescribeConfigs(req),
+                Fixup::DescribeConfigs(denied, rid.to_string()),
+            )
         }
         R::AlterConfigs(mut req) => {
             let mut denied = Vec::new();
@@ -297,7 +330,10 @@ pub fn pre(
                 }
                 ok.is_ok()
             });
-            (R::AlterConfigs(req), Fixup::AlterConfigs(denied, rid.to_string()))
+            (
+                R::AlterConfigs(req),
+                Fixup::AlterConfigs(denied, rid.to_string()),
+            )
         }
         R::IncrementalAlterConfigs(mut req) => {
             let mut denied = Vec::new();
@@ -316,7 +352,11 @@ pub fn pre(
         R::InitProducerId(req) => {
             let ok = match &req.transactional_id {
                 Some(txn) => {
-                    if a.allowed(rid, Action::AlterTransactionalId, Resource::TransactionalId(txn.to_string())) {
+                    if a.allowed(
+                        rid,
+                        Action::AlterTransactionalId,
+                        Resource::TransactionalId(txn.to_string()),
+                    ) {
                         Ok(())
                     } else {
                         Err(TXN_DENIED)
@@ -363,7 +403,11 @@ pub fn pre(
                 .into_iter()
                 .filter(|(k, ty)| {
                     let ok = if *ty == 1 {
-                        a.allowed(rid, Action::DescribeTransactionalId, Resource::TransactionalId(k.clone()))
+                        a.allowed(
+                            rid,
+                            Action::DescribeTransactionalId,
+                            Resource::TransactionalId(k.clone()),
+                        )
                     } else {
                         a.group(rid, Action::DescribeGroup, k)
                     };
@@ -371,7 +415,10 @@ pub fn pre(
                 })
                 .map(|(k, _)| k)
                 .collect();
-            (R::FindCoordinator(req), Fixup::FindCoordinator(denied, rid.to_string()))
+            (
+                R::FindCoordinator(req),
+                Fixup::FindCoordinator(denied, rid.to_string()),
+            )
         }
         R::JoinGroup(req) => {
             if !a.group(rid, Action::AlterGroup, &req.group_id) {
@@ -436,7 +483,10 @@ pub fn pre(
             req.topics.retain(|t| {
                 let ok = a.topic(rid, Action::ReadData, &t.name);
                 if !ok {
-                    denied.push((t.name.clone(), t.partitions.iter().map(|p| p.partition_index).collect()));
+                    denied.push((
+                        t.name.clone(),
+                        t.partitions.iter().map(|p| p.partition_index).collect(),
+                    ));
                 }
                 ok
             });
@@ -454,7 +504,13 @@ pub fn pre(
             }
             // Topics of allowed groups are checked on the response (DescribeTopic).
             let single = req.groups.is_empty();
-            (R::OffsetFetch(req), Fixup::OffsetFetch { denied_groups, single })
+            (
+                R::OffsetFetch(req),
+                Fixup::OffsetFetch {
+                    denied_groups,
+                    single,
+                },
+            )
         }
         R::DescribeGroups(req) => {
             let denied = req
@@ -483,7 +539,11 @@ pub fn pre(
                     OffsetDeleteResponse::default().with_error_code(GROUP_DENIED),
                 ));
             }
-            if req.topics.iter().any(|t| !a.topic(rid, Action::ReadData, &t.name)) {
+            if req
+                .topics
+                .iter()
+                .any(|t| !a.topic(rid, Action::ReadData, &t.name))
+            {
                 return refuse(ResponseKind::OffsetDelete(
                     OffsetDeleteResponse::default().with_error_code(TOPIC_DENIED),
                 ));
@@ -507,7 +567,10 @@ pub fn pre(
                 .filter(|g| !a.group(rid, Action::DescribeGroup, g))
                 .map(|g| g.to_string())
                 .collect();
-            (R::ConsumerGroupDescribe(req), Fixup::ConsumerGroupDescribe(denied, rid.to_string()))
+            (
+                R::ConsumerGroupDescribe(req),
+                Fixup::ConsumerGroupDescribe(denied, rid.to_string()),
+            )
         }
         other => (other, Fixup::None),
     })
@@ -561,7 +624,10 @@ impl Fixup {
                                             .with_base_offset(-1)
                                             .with_log_append_time_ms(-1)
                                             .with_log_start_offset(-1)
-                                            .with_error_message(denied_message(&rid, Action::WriteData))
+                                            .with_error_message(denied_message(
+                                                &rid,
+                                                Action::WriteData,
+                                            ))
                                     })
                                     .collect(),
                             ),
@@ -753,7 +819,13 @@ impl Fixup {
                     );
                 }
             }
-            (Fixup::OffsetFetch { denied_groups, single }, P::OffsetFetch(resp)) => {
+            (
+                Fixup::OffsetFetch {
+                    denied_groups,
+                    single,
+                },
+                P::OffsetFetch(resp),
+            ) => {
                 if single && !denied_groups.is_empty() {
                     // v1-7: one group; v1 has no top-level error code.
                     if version >= 2 {

@@ -245,7 +245,10 @@ enum Dispatched {
     /// Send the response (its future), and whether the request is a barrier (runs alone).
     Go(BoxFuture<'static, Option<Bytes>>, bool),
     /// Send the response after the delay, then close the connection.
-    Close(BoxFuture<'static, Option<Bytes>>, Option<std::time::Duration>),
+    Close(
+        BoxFuture<'static, Option<Bytes>>,
+        Option<std::time::Duration>,
+    ),
 }
 
 /// Decodes one frame, applies the connection's authentication and authorization, and
@@ -303,11 +306,13 @@ async fn dispatch(
         _ => None,
     };
     if let Some(reply) = sasl_reply {
-        let encoded = encode_response(api_key, version, correlation_id, &reply.response)
-            .map_err(|e| CloseReason::BadRequest {
-                key: api_key,
-                version,
-                reason: e,
+        let encoded =
+            encode_response(api_key, version, correlation_id, &reply.response).map_err(|e| {
+                CloseReason::BadRequest {
+                    key: api_key,
+                    version,
+                    reason: e,
+                }
             })?;
         let response: BoxFuture<'static, Option<Bytes>> = Box::pin(async move { Some(encoded) });
         return Ok(if reply.close {
@@ -317,21 +322,22 @@ async fn dispatch(
         });
     }
     let rid = session.request_id(correlation_id);
-    let (request, fixup) = match &session.authorizer {
-        Some(a) => match crate::authz::pre(gateway, a, &rid, request) {
-            Ok(filtered) => filtered,
-            Err(refusal) => {
-                let encoded = encode_response(api_key, version, correlation_id, &refusal)
-                    .map_err(|e| CloseReason::BadRequest {
-                        key: api_key,
-                        version,
-                        reason: e,
-                    })?;
-                return Ok(Dispatched::Go(Box::pin(async move { Some(encoded) }), true));
-            }
-        },
-        None => (request, crate::authz::Fixup::None),
-    };
+    let (request, fixup) =
+        match &session.authorizer {
+            Some(a) => match crate::authz::pre(gateway, a, &rid, request) {
+                Ok(filtered) => filtered,
+                Err(refusal) => {
+                    let encoded = encode_response(api_key, version, correlation_id, &refusal)
+                        .map_err(|e| CloseReason::BadRequest {
+                            key: api_key,
+                            version,
+                            reason: e,
+                        })?;
+                    return Ok(Dispatched::Go(Box::pin(async move { Some(encoded) }), true));
+                }
+            },
+            None => (request, crate::authz::Fixup::None),
+        };
     let authorizer = session.authorizer.clone();
     let listener = session.listener.clone();
     let client_id = header

@@ -249,7 +249,9 @@ pub async fn run(
     };
     // One accept task per listener feeds accepted sockets here.
     let (accepted_tx, mut accepted_rx) =
-        tokio::sync::mpsc::channel::<(tokio::net::TcpStream, SocketAddr, Arc<listener::Listener>)>(64);
+        tokio::sync::mpsc::channel::<(tokio::net::TcpStream, SocketAddr, Arc<listener::Listener>)>(
+            64,
+        );
     let mut acceptors = JoinSet::new();
     for (socket, spec) in listeners {
         let tx = accepted_tx.clone();

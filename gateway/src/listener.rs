@@ -82,8 +82,9 @@ impl FromStr for ListenerSpec {
                         .split(['+', ' '])
                         .filter(|m| !m.is_empty())
                         .map(|m| {
-                            Mechanism::from_name(&m.to_ascii_uppercase())
-                                .ok_or_else(|| format!("listener {s:?}: unknown SASL mechanism {m}"))
+                            Mechanism::from_name(&m.to_ascii_uppercase()).ok_or_else(|| {
+                                format!("listener {s:?}: unknown SASL mechanism {m}")
+                            })
                         })
                         .collect::<Result<Vec<_>, _>>()?;
                     mechanisms = Some(list);

@@ -82,8 +82,9 @@ def test_oauthbearer_msk_signer_produce_consume(cluster, auth):
 
     # CreateTopic is allowed on orders-* (kafka-cluster:*Topic*)
     topic = uid("orders")
-    fs = admin_client(conf).create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)],
-                                          operation_timeout=20, request_timeout=20)
+    adm = admin_client(conf)  # kept referenced: a collected handle fails its futures
+    fs = adm.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)],
+                           operation_timeout=20, request_timeout=20)
     fs[topic].result(timeout=20)
     wait_topic_visible(conf, topic)
     assert topic in list_topic_names(base_conf(cluster.bootstrap, "PLAINTEXT", None, None))
@@ -184,8 +185,9 @@ def test_produce_only_policy(cluster, auth):
 
     # creating a topic: no CreateTopic
     new = f"{prefix}-new"
-    fs = admin_client(conf).create_topics([NewTopic(new, num_partitions=1, replication_factor=1)],
-                                          operation_timeout=15, request_timeout=15)
+    adm = admin_client(conf)  # kept referenced: a collected handle fails its futures
+    fs = adm.create_topics([NewTopic(new, num_partitions=1, replication_factor=1)],
+                           operation_timeout=15, request_timeout=15)
     with pytest.raises(KafkaException) as ei:
         fs[new].result(timeout=20)
     assert ei.value.args[0].code() == TOPIC_AUTHZ, ei.value
@@ -379,8 +381,9 @@ def test_only_sasl_ssl_listener_no_plaintext(pool, tmp_path):
     user, password = scram_user(auth, "only")
     conf = scram_conf(server, user, password)
     topic = "only-tls"
-    fs = admin_client(conf).create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)],
-                                          operation_timeout=20, request_timeout=20)
+    adm = admin_client(conf)  # kept referenced: a collected handle fails its futures
+    fs = adm.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)],
+                           operation_timeout=20, request_timeout=20)
     fs[topic].result(timeout=20)
     wait_topic_visible(conf, topic)
     produce_ok(conf, topic, [b"tls-only"])

@@ -11,4 +11,5 @@ mod idempotence;
 mod metadata;
 mod offsets;
 mod produce;
+mod sasl;
 mod support;
