@@ -25,12 +25,15 @@ const GROUP_DENIED: i16 = 30;
 const CLUSTER_DENIED: i16 = 31;
 const TXN_DENIED: i16 = 53;
 
+/// Decisions cached per connection, valid for one version of the credential store.
+type DecisionCache = (u64, HashMap<(Action, Resource), bool>);
+
 /// One connection's principal and its cached decisions.
 #[derive(Debug)]
 pub struct Authorizer {
     pub auth: Arc<Auth>,
     pub principal: String,
-    cache: Mutex<(u64, HashMap<(Action, Resource), bool>)>,
+    cache: Mutex<DecisionCache>,
 }
 
 impl Authorizer {

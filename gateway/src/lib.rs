@@ -4,8 +4,10 @@
 //! guard that keeps hostile frames from reaching the decoder ([`guard`]), the handlers
 //! ([`handlers`]) for each API, record batch validation and offset assignment ([`batch`]),
 //! topic configs ([`config`]), the tail state of the partitions it leads ([`broker`]), the
-//! consumer group coordinators (classic: [`groups`], KIP-848: [`consumer_groups`]) and the
-//! lag report ([`lag`]).
+//! consumer group coordinators (classic: [`groups`], KIP-848: [`consumer_groups`]), the
+//! lag report ([`lag`]), and security on the Kafka side: listeners and connection limits
+//! ([`listener`]), each connection's SASL state ([`session`]) and the authorization of each
+//! API ([`authz`]) over the `weir-auth` crate.
 //! Every Kafka message is decoded and encoded with the `kafka-protocol` crate; Kafka types
 //! never leave this crate: storage and metadata are reached through their traits with
 //! Weir's own types.
