@@ -359,14 +359,16 @@ def signer_token(access_key: str, secret_key: str, region: str = REGION) -> tupl
 
 
 def presigned_token(access_key: str, secret_key: str, region: str = REGION,
-                    signed_at: dt.datetime | None = None, expires: int = 900) -> str:
+                    signed_at: dt.datetime | None = None, expires: int = 900,
+                    host_region: str | None = None) -> str:
     """The same token the MSK signer builds (see its __construct_auth_token), signed at
-    `signed_at` (UTC) instead of now."""
+    `signed_at` (UTC) instead of now; `host_region` puts another region in the URL's host
+    than the one in the credential scope."""
     when = (signed_at or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
     when = when.replace(tzinfo=None)
     sig_v4 = SigV4QueryAuth(Credentials(access_key, secret_key), "kafka-cluster", region,
                             expires=expires)
-    request = AWSRequest(method="GET", url=f"https://kafka.{region}.amazonaws.com/",
+    request = AWSRequest(method="GET", url=f"https://kafka.{host_region or region}.amazonaws.com/",
                          params={"Action": "kafka-cluster:Connect"})
     with mock.patch.object(botocore.auth, "get_current_datetime", lambda *a, **k: when):
         sig_v4.add_auth(request)

@@ -298,6 +298,15 @@ fn body_with(key: ApiKey, version: i16, n: usize) -> Result<BytesMut> {
             ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId::default(); n]),
             version,
         ),
+        // No arrays: on the plaintext listener both are answered with ILLEGAL_SASL_STATE.
+        ApiKey::SaslHandshake => encode(
+            kafka_protocol::messages::SaslHandshakeRequest::default().with_mechanism(text()),
+            version,
+        ),
+        ApiKey::SaslAuthenticate => encode(
+            kafka_protocol::messages::SaslAuthenticateRequest::default(),
+            version,
+        ),
         other => bail!("no request builder for {other:?}: add one"),
     }
 }
@@ -370,7 +379,9 @@ fn hostile_array_counts_in_every_supported_version() -> Result<()> {
         ApiKey::ApiVersions
         | ApiKey::InitProducerId
         | ApiKey::DescribeCluster
-        | ApiKey::Heartbeat => true,
+        | ApiKey::Heartbeat
+        | ApiKey::SaslHandshake
+        | ApiKey::SaslAuthenticate => true,
         ApiKey::FindCoordinator | ApiKey::ListGroups => version < 4,
         ApiKey::LeaveGroup => version < 3,
         _ => false,
