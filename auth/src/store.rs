@@ -295,6 +295,19 @@ impl AuthStore {
         Some((key.principal.clone(), secret))
     }
 
+    /// Whether an access key exists and is active.
+    pub fn key_active(&self, access_key_id: &str) -> bool {
+        self.read()
+            .keys
+            .get(access_key_id)
+            .is_some_and(|k| k.status == KeyStatus::Active)
+    }
+
+    /// Whether a SCRAM user exists.
+    pub fn scram_user_exists(&self, user: &str) -> bool {
+        self.read().scram.contains_key(user)
+    }
+
     /// The SCRAM credential of a user for one mechanism.
     pub fn scram_credential(
         &self,

@@ -33,16 +33,41 @@ type DecisionCache = (u64, HashMap<(Action, Resource), bool>);
 pub struct Authorizer {
     pub auth: Arc<Auth>,
     pub principal: String,
+    /// The access key used to log in (IAM mechanisms); None for SCRAM/PLAIN users.
+    pub access_key_id: Option<String>,
     cache: Mutex<DecisionCache>,
+    /// The store version at which the credential was last found valid.
+    checked: std::sync::atomic::AtomicU64,
 }
 
 impl Authorizer {
-    pub fn new(auth: Arc<Auth>, principal: String) -> Self {
+    pub fn new(auth: Arc<Auth>, principal: String, access_key_id: Option<String>) -> Self {
+        let checked = auth.store.version();
         Authorizer {
             auth,
             principal,
+            access_key_id,
             cache: Mutex::new((0, HashMap::new())),
+            checked: std::sync::atomic::AtomicU64::new(checked),
         }
+    }
+
+    /// Whether the credential this connection logged in with still exists (a revoked key or
+    /// deleted user ends its connections at their next request).
+    pub fn credential_valid(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let version = self.auth.store.version();
+        if self.checked.load(Ordering::Acquire) == version {
+            return true;
+        }
+        let valid = match &self.access_key_id {
+            Some(id) => self.auth.store.key_active(id),
+            None => self.auth.store.scram_user_exists(&self.principal),
+        };
+        if valid {
+            self.checked.store(version, Ordering::Release);
+        }
+        valid
     }
 
     /// Whether the principal may do `action` on `resource`. Denials are audited.

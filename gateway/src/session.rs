@@ -71,8 +71,11 @@ impl Session {
         {
             return Ok(());
         }
-        if self.authorizer.is_none() {
+        let Some(authorizer) = &self.authorizer else {
             return Err("request before SASL authentication");
+        };
+        if !authorizer.credential_valid() {
+            return Err("the credential of this session was revoked");
         }
         if self.expires_at.is_some_and(|t| SystemTime::now() > t) {
             return Err("SASL session expired without re-authentication");
@@ -186,7 +189,11 @@ impl Session {
                         );
                     }
                 }
-                let authorizer = Arc::new(Authorizer::new(auth.clone(), principal.name.clone()));
+                let authorizer = Arc::new(Authorizer::new(
+                    auth.clone(),
+                    principal.name.clone(),
+                    principal.access_key_id.clone(),
+                ));
                 if !authorizer.allowed(&rid, Action::Connect, Resource::Cluster) {
                     return fail(
                         self,
