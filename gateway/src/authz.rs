@@ -652,10 +652,11 @@ impl Fixup {
                                             .with_base_offset(-1)
                                             .with_log_append_time_ms(-1)
                                             .with_log_start_offset(-1)
-                                            .with_error_message(denied_message(
-                                                &rid,
-                                                Action::WriteData,
-                                            ))
+                                            .with_error_message(if version >= 8 {
+                                                denied_message(&rid, Action::WriteData)
+                                            } else {
+                                                None
+                                            })
                                     })
                                     .collect(),
                             ),
@@ -736,7 +737,11 @@ impl Fixup {
                             .with_name(name)
                             .with_topic_id(id)
                             .with_error_code(TOPIC_DENIED)
-                            .with_error_message(denied_message(&rid, Action::DeleteTopic)),
+                            .with_error_message(if version >= 5 {
+                                denied_message(&rid, Action::DeleteTopic)
+                            } else {
+                                None
+                            }),
                     );
                 }
             }
@@ -812,9 +817,11 @@ impl Fixup {
                 if denied.is_empty() {
                     return;
                 }
-                if resp.coordinators.is_empty() {
+                if version < 4 {
                     resp.error_code = GROUP_DENIED;
-                    resp.error_message = denied_message(&rid, Action::DescribeGroup);
+                    if version >= 1 {
+                        resp.error_message = denied_message(&rid, Action::DescribeGroup);
+                    }
                     resp.node_id = BrokerId(-1);
                     resp.host = StrBytes::default();
                     resp.port = -1;
@@ -926,7 +933,11 @@ pub fn sasl_failed() -> i16 {
 
 /// Answers with the address of the listener the client came in on (Metadata,
 /// FindCoordinator and DescribeCluster name this gateway).
-pub fn advertise_listener(listener: &crate::listener::Listener, response: &mut ResponseKind) {
+pub fn advertise_listener(
+    listener: &crate::listener::Listener,
+    version: i16,
+    response: &mut ResponseKind,
+) {
     let host = || StrBytes::from_string(listener.advertised_host.clone());
     let port = listener.advertised_port;
     match response {
@@ -943,7 +954,7 @@ pub fn advertise_listener(listener: &crate::listener::Listener, response: &mut R
             }
         }
         ResponseKind::FindCoordinator(r) => {
-            if r.error_code == 0 && r.coordinators.is_empty() {
+            if version < 4 && r.error_code == 0 {
                 r.host = host();
                 r.port = port;
             }

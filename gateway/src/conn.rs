@@ -359,7 +359,7 @@ async fn dispatch(
         if let Some(a) = &authorizer {
             fixup.apply(a, &rid, ctx.version, &mut body);
         }
-        crate::authz::advertise_listener(&listener, &mut body);
+        crate::authz::advertise_listener(&listener, ctx.version, &mut body);
         match encode_response(ctx.api_key, ctx.version, ctx.correlation_id, &body) {
             Ok(frame) => Some(frame),
             Err(e) => {

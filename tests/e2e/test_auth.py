@@ -30,9 +30,12 @@ from auth_helpers import (CLUSTER_ARN, CLUSTER_AUTHZ, DEFAULT_MECHANISMS, ErrorL
                           kp_conf, kp_expect_auth_failure, kp_produce_consume,
                           list_topic_names, listening_ports, oauth_conf, policy,
                           presigned_token, produce, produce_ok, producer_consumer_policy,
+                          SASL_AUTHENTICATION_FAILED, msk_iam_payload, raw_request,
+                          raw_sasl_authenticate, tls_socket,
                           sasl_handshake, scram_conf, signer_oauth, signer_token,
                           tamper_signature, topic_arn, uid, wait_topic_visible)
 from conftest import weir_bin
+import kproto
 from helpers import create_topic
 
 RESTRICTED = ("SCRAM-SHA-512", "PLAIN")
@@ -328,7 +331,8 @@ def test_scram_wrong_password_refused(cluster, auth, caplog):
     expect_auth_failure(scram_conf(cluster, user, password + "x"))
     expect_auth_failure(scram_conf(cluster, uid("nobody"), password))
     kp_expect_auth_failure(kp_conf(cluster, "SCRAM-SHA-512", sasl_plain_username=user,
-                                   sasl_plain_password="not-" + password), caplog)
+                                   sasl_plain_password="not-" + password), caplog, cluster,
+                           "SCRAM-SHA-512")
 
 
 def test_scram_list_and_delete(cluster, auth):
@@ -373,9 +377,28 @@ def test_aws_msk_iam_kafka_python(cluster, auth, monkeypatch, tmp_path):
 def test_aws_msk_iam_kafka_python_refused(cluster, auth, monkeypatch, tmp_path, caplog):
     principal, key = full_access_principal(auth, "msk-bad")
     _aws_env(monkeypatch, tmp_path, {**key, "secret_access_key": "Z" + key["secret_access_key"][1:]})
-    kp_expect_auth_failure(kp_conf(cluster, "AWS_MSK_IAM"), caplog)
+    kp_expect_auth_failure(kp_conf(cluster, "AWS_MSK_IAM"), caplog, cluster, "AWS_MSK_IAM")
     _aws_env(monkeypatch, tmp_path, key, region="eu-west-1")
-    kp_expect_auth_failure(kp_conf(cluster, "AWS_MSK_IAM"), caplog)
+    kp_expect_auth_failure(kp_conf(cluster, "AWS_MSK_IAM"), caplog, cluster, "AWS_MSK_IAM")
+
+
+def test_aws_msk_iam_sasl_authenticate_responses(cluster, auth):
+    """The protocol itself: a bad AWS_MSK_IAM payload gets SASL_AUTHENTICATION_FAILED (58) in
+    the SaslAuthenticate response; a good one authenticates the connection for Metadata."""
+    principal, key = full_access_principal(auth, "msk-raw")
+    port = cluster.listener("SASL_SSL").port
+    with tls_socket(port, cluster.ca_path) as s:
+        err, msg = raw_sasl_authenticate(
+            s, "AWS_MSK_IAM", msk_iam_payload(key["access_key_id"], "wrong-secret"))
+        assert err == SASL_AUTHENTICATION_FAILED, (err, msg)
+    with tls_socket(port, cluster.ca_path) as s:
+        err, msg = raw_sasl_authenticate(
+            s, "AWS_MSK_IAM", msk_iam_payload(key["access_key_id"], key["secret_access_key"]))
+        assert err == 0, (err, msg)
+        r = raw_request(s, kproto.METADATA, 1, kproto.i32(-1), 3)
+        assert r is not None, "connection closed after a successful authentication"
+        brokers = r.i32()
+        assert brokers >= 1
 
 
 # -- 6. PLAINTEXT off -------------------------------------------------------------------------

@@ -151,7 +151,7 @@ fn encode<T: Encodable>(req: T, version: i16) -> Result<BytesMut> {
 }
 
 /// A valid body of `key`/`version` whose first array holds `n` (default) elements.
-fn body_with(key: ApiKey, version: i16, n: usize) -> Result<BytesMut> {
+pub(crate) fn body_with(key: ApiKey, version: i16, n: usize) -> Result<BytesMut> {
     let text = || StrBytes::from_static_str("t");
     let name = || TopicName(text());
     match key {

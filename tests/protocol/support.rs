@@ -47,6 +47,8 @@ pub fn code(e: ResponseError) -> i16 {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin API address, when a test set one.
+    pub admin: Option<SocketAddr>,
     dir: tempfile::TempDir,
     args: Vec<String>,
 }
@@ -60,6 +62,7 @@ impl Server {
         Ok(Server {
             child,
             addr,
+            admin: None,
             dir,
             args,
         })
