@@ -142,15 +142,25 @@ pub async fn serve<S>(
         };
         match dispatch(&gateway, frame, peer, &mut session).await {
             Ok(Dispatched::Close(response, delay)) => {
-                if let Some(delay) = delay {
-                    tokio::time::sleep(delay).await;
-                }
-                let _ = tx
+                // Answer, let the answer reach the client, and only then close (after the
+                // delay, as Kafka's connection.failed.authentication.delay.ms): a client that
+                // reads the error and the end of the stream together may drop the error.
+                let (done, written) = oneshot::channel();
+                let sent = tx
                     .send(InFlight {
                         response,
-                        written: None,
+                        written: Some(done),
                     })
                     .await;
+                if sent.is_ok() {
+                    let _ = written.await;
+                    if let Some(delay) = delay {
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.cancelled() => {}
+                        }
+                    }
+                }
                 break;
             }
             Ok(Dispatched::Go(response, barrier)) => {
@@ -244,7 +254,7 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
 enum Dispatched {
     /// Send the response (its future), and whether the request is a barrier (runs alone).
     Go(BoxFuture<'static, Option<Bytes>>, bool),
-    /// Send the response after the delay, then close the connection.
+    /// Send the response, wait the delay, then close the connection.
     Close(
         BoxFuture<'static, Option<Bytes>>,
         Option<std::time::Duration>,

@@ -4,8 +4,7 @@
 //! On a SASL listener nothing but ApiVersions, SaslHandshake and SaslAuthenticate is served
 //! before authentication, and nothing but those once the session expired: such a request
 //! closes the connection, as Kafka does. A failed authentication is answered with
-//! SASL_AUTHENTICATION_FAILED after a short delay (failed attempts are rate limited per
-//! connection that way) and the connection is then closed.
+//! SASL_AUTHENTICATION_FAILED at once and the connection is closed after a short delay.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,7 +22,9 @@ use crate::authz::Authorizer;
 use crate::listener::Listener;
 use crate::Gateway;
 
-/// How long a failed authentication waits before its answer.
+/// How long a connection stays open after a failed authentication was answered (Kafka's
+/// `connection.failed.authentication.delay.ms`): clients read the error before the close, and
+/// one connection cannot retry quickly.
 pub const FAILED_AUTH_DELAY: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
