@@ -292,6 +292,7 @@ pub fn oauth_host(region: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -516,6 +516,7 @@ pub fn parse_oauth_message(msg: &[u8]) -> Result<String, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -222,6 +222,7 @@ pub fn wildcard(pattern: &str, text: &str, ignore_case: bool) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -208,6 +208,7 @@ impl Drop for ConnectionPermit {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
