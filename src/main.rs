@@ -530,7 +530,7 @@ async fn serve(settings: ServeSettings) -> Result<()> {
                 }
                 let files =
                     weir_auth::tls::load_or_generate(&settings.data_dir.join("tls"), &hosts)?;
-                println!("weir tls: clients trust {}", absolute(&files.ca).display());
+                tracing::info!(ca = %absolute(&files.ca).display(), "TLS listeners use the local CA; clients trust this file");
                 (files.cert, files.key)
             }
         };
@@ -586,7 +586,7 @@ async fn serve(settings: ServeSettings) -> Result<()> {
         Ok(s) => s,
         Err(e) if !settings.admin_listen_explicit => {
             tracing::warn!(error = %e, default = %settings.admin_listen,
-                "the default admin API port is busy; using an ephemeral port (see the admin api line)");
+                "the default admin API port is busy; using an ephemeral port (logged below)");
             tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?
         }
         Err(e) => {
@@ -633,8 +633,7 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     tracing::info!(%bootstrap, data_dir = %settings.data_dir.display(),
         object_store = %settings.object_store, metadata = %settings.metadata,
         admin = %admin_addr, "weir is ready");
-    println!("weir admin api: http://{admin_addr}");
-    println!("weir listeners: {}", described.join(","));
+    tracing::info!(admin = %format!("http://{admin_addr}"), listeners = %described.join(","), "admin API and listeners");
     println!("weir is ready: bootstrap.servers={bootstrap}");
     weir_gateway::run(listeners, gateway, shutdown).await;
     let _ = admin_task.await;
