@@ -27,6 +27,10 @@ apt_install() {
 }
 
 # -- system tools --------------------------------------------------------------------------
+if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; }; then
+  log "installing OpenSSL headers (weir-bench's librdkafka links OpenSSL for TLS listeners)"
+  apt_install pkg-config libssl-dev
+fi
 if ! command -v kcat >/dev/null 2>&1; then
   log "installing kcat"
   apt_install kcat

@@ -60,3 +60,28 @@ def test_bench_consume_detects_missing_records(weir):
     out = subprocess.run([str(bench_bin()), "consume", "--bootstrap", b, "--topic", "bench-short",
                           "--expect", "1001", "--json"], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0, "a count mismatch must fail the run"
+
+
+def test_bench_over_sasl_ssl_scram(weir_factory):
+    """weir-bench reaches a TLS + SASL listener (librdkafka built with OpenSSL)."""
+    from conftest import free_port, weir_bin
+
+    sasl_port, admin_port = free_port(), free_port()
+    server = weir_factory("--listener", f"SASL_SSL://127.0.0.1:{sasl_port}?mechanisms=SCRAM-SHA-512",
+                          "--admin-listen", f"127.0.0.1:{admin_port}")
+    admin = ["--admin", f"http://127.0.0.1:{admin_port}"]
+    policy = server.base_dir / "all.json"
+    policy.write_text('{"Statement":[{"Effect":"Allow","Action":"kafka-cluster:*","Resource":"*"}]}')
+    for args in (["scram", "set", "bench", "--password", "pw"],
+                 ["policy", "put", "bench", "all", "--file", str(policy)]):
+        out = subprocess.run([str(weir_bin()), "auth", *admin, *args], capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+    sasl = ["--bootstrap", f"127.0.0.1:{sasl_port}", "--topic", "bench-tls",
+            "--set", "security.protocol=SASL_SSL", "--set", "sasl.mechanism=SCRAM-SHA-512",
+            "--set", "sasl.username=bench", "--set", "sasl.password=pw",
+            "--set", f"ssl.ca.location={server.data_dir / 'tls' / 'ca.pem'}"]
+    produced = run_bench("produce", *sasl, "--partitions", "2", "--records", "5000")
+    assert produced["acknowledged"] == 5000 and produced["failed"] == 0
+    consumed = run_bench("consume", *sasl, "--expect", "5000")
+    assert consumed["records"] == 5000 and consumed["checksum_ok"] and consumed["bad_records"] == 0
