@@ -336,13 +336,8 @@ pub fn pre(
             (R::DeleteRecords(req), Fixup::DeleteRecords(denied))
         }
         R::DescribeConfigs(mut req) => {
-            let mut denied = Vec::new();
-            req.resources.retain(|r| {
-                let ok = config_allowed(a, rid, r.resource_type, &r.resource_name, false);
-                if let Err(code) = ok {
-                    denied.push((r.resource_type, r.resource_name.to_string(), code));
-                }
-                ok.is_ok()
+            let denied = retain_configs(a, rid, &mut req.resources, false, |r| {
+                (r.resource_type, &r.resource_name)
             });
             (
                 R::DescribeConfigs(req),
@@ -350,13 +345,8 @@ pub fn pre(
             )
         }
         R::AlterConfigs(mut req) => {
-            let mut denied = Vec::new();
-            req.resources.retain(|r| {
-                let ok = config_allowed(a, rid, r.resource_type, &r.resource_name, true);
-                if let Err(code) = ok {
-                    denied.push((r.resource_type, r.resource_name.to_string(), code));
-                }
-                ok.is_ok()
+            let denied = retain_configs(a, rid, &mut req.resources, true, |r| {
+                (r.resource_type, &r.resource_name)
             });
             (
                 R::AlterConfigs(req),
@@ -364,13 +354,8 @@ pub fn pre(
             )
         }
         R::IncrementalAlterConfigs(mut req) => {
-            let mut denied = Vec::new();
-            req.resources.retain(|r| {
-                let ok = config_allowed(a, rid, r.resource_type, &r.resource_name, true);
-                if let Err(code) = ok {
-                    denied.push((r.resource_type, r.resource_name.to_string(), code));
-                }
-                ok.is_ok()
+            let denied = retain_configs(a, rid, &mut req.resources, true, |r| {
+                (r.resource_type, &r.resource_name)
             });
             (
                 R::IncrementalAlterConfigs(req),
@@ -602,6 +587,29 @@ pub fn pre(
         }
         other => (other, Fixup::None),
     })
+}
+
+/// Keeps the config resources the principal may describe (or alter); returns the others as
+/// (resource type, name, error code).
+fn retain_configs<T>(
+    a: &Authorizer,
+    rid: &str,
+    resources: &mut Vec<T>,
+    alter: bool,
+    key: impl Fn(&T) -> (i8, &StrBytes),
+) -> Vec<(i8, String, i16)> {
+    let mut denied = Vec::new();
+    resources.retain(|r| {
+        let (ty, name) = key(r);
+        match config_allowed(a, rid, ty, name, alter) {
+            Ok(()) => true,
+            Err(code) => {
+                denied.push((ty, name.to_string(), code));
+                false
+            }
+        }
+    });
+    denied
 }
 
 /// Config resources: 2 = topic, 4 = broker, 8 = broker logger.
