@@ -15,7 +15,7 @@ pub mod iam;
 pub mod policy;
 pub mod scram;
 pub mod store;
-pub mod tls;
+pub use weir_rpc::tls;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

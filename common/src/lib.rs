@@ -139,7 +139,7 @@ pub struct PartitionCommit {
 }
 
 /// Why one partition's commit was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum CommitRefused {
     #[error("partition not found (topic deleted?)")]
     UnknownPartition,

@@ -1,8 +1,16 @@
 //! The metadata service: the only way anything in Weir reads or writes metadata.
 //!
-//! It owns the [`MetadataStore`] trait and its backends. This backend is
-//! [`EmbeddedStore`], a transactional `redb` database in one file, for the single-machine
-//! default (`embedded://<path>`). It stores:
+//! It owns the [`MetadataStore`] trait and its backends, selected by URL ([`open`]):
+//!
+//! - [`EmbeddedStore`] (`embedded://<path>`): a transactional `redb` database in one file,
+//!   the single-machine default;
+//! - [`DynamoStore`] (`dynamodb://<table-prefix>`): DynamoDB tables, for deployments on AWS
+//!   (table design in [`store::dynamo`]);
+//! - [`remote::RemoteStore`] (`quic://host:port?ca=PATH`): any backend served by another
+//!   process (`weir metadata`, [`remote::MetadataServer`]) over QUIC, so several local
+//!   processes can share one embedded store.
+//!
+//! It stores:
 //!
 //! - topics (name, topic id, partition count, configs),
 //! - partitions (next offset, log start offset, leader epoch),
@@ -15,7 +23,8 @@
 //! partition's entry unless the leader epoch and next offset still match, so a stale writer
 //! can never fork the log. It must never hold Kafka wire types; it speaks `weir-common` types.
 
-mod store;
+pub mod remote;
+pub mod store;
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -24,10 +33,78 @@ use weir_common::{
     ProducerBatchState, TopicId, TopicPartition,
 };
 
+pub use store::dynamo::{DynamoOptions, DynamoStore};
 pub use store::embedded::EmbeddedStore;
 
+/// Opens the backend a metadata URL names: `embedded://<path>`,
+/// `dynamodb://<table-prefix>[?region=R&endpoint=URL]` (tables are created when missing if
+/// `create_tables`), or `quic://<host>:<port>?ca=<path>[&name=<server name>]`.
+pub async fn open(url: &str, create_tables: bool) -> Result<std::sync::Arc<dyn MetadataStore>> {
+    if let Some(path) = url.strip_prefix("embedded://") {
+        let store = EmbeddedStore::open(std::path::Path::new(path)).map_err(|e| {
+            MetadataError::Backend(format!(
+                "opening the embedded metadata store at {path} (is another weir using it?): {e}"
+            ))
+        })?;
+        return Ok(std::sync::Arc::new(store));
+    }
+    if url.starts_with("dynamodb://") {
+        let store = DynamoStore::connect(&DynamoOptions::parse(url)?).await?;
+        if !store.tables_exist().await? {
+            if !create_tables {
+                return Err(MetadataError::Backend(format!(
+                    "DynamoDB tables {:?} do not exist: run `weir metadata init --metadata {url}`",
+                    store.tables()
+                )));
+            }
+            let created = store.init().await?;
+            tracing::info!(tables = ?created, "created the DynamoDB metadata tables");
+        }
+        return Ok(std::sync::Arc::new(store));
+    }
+    if let Some(rest) = url.strip_prefix("quic://") {
+        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let authority = authority.trim_end_matches('/');
+        let mut ca = None;
+        let mut name = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("ca", v)) if !v.is_empty() => ca = Some(v.to_string()),
+                Some(("name", v)) if !v.is_empty() => name = Some(v.to_string()),
+                _ => {
+                    return Err(MetadataError::Invalid(format!(
+                        "'{url}': unknown parameter '{pair}' (known: ca, name)"
+                    )))
+                }
+            }
+        }
+        let ca = ca.ok_or_else(|| {
+            MetadataError::Invalid(format!(
+                "'{url}': add ?ca=<path to the metadata service's CA certificate> (weir metadata prints it)"
+            ))
+        })?;
+        let addr = tokio::net::lookup_host(authority)
+            .await
+            .map_err(|e| MetadataError::Invalid(format!("'{url}': {e}")))?
+            .next()
+            .ok_or_else(|| {
+                MetadataError::Invalid(format!("'{url}': no address for {authority}"))
+            })?;
+        let host = authority
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or(authority);
+        let server_name = name.unwrap_or_else(|| host.to_string());
+        let store = remote::RemoteStore::connect(addr, &server_name, std::path::Path::new(&ca))?;
+        return Ok(std::sync::Arc::new(store));
+    }
+    Err(MetadataError::Invalid(format!(
+        "unsupported metadata URL '{url}': use embedded://<path>, dynamodb://<table-prefix> or quic://<host>:<port>?ca=<path>"
+    )))
+}
+
 /// Errors of the metadata service.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum MetadataError {
     #[error("topic '{0}' already exists")]
     TopicExists(String),
@@ -103,7 +180,7 @@ impl PartitionState {
 }
 
 /// A partition's state plus what a new leader needs to take over its tail.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionTail {
     pub state: PartitionState,
     /// Recent idempotent-producer batches, oldest first, at most a few per producer.
@@ -111,7 +188,7 @@ pub struct PartitionTail {
 }
 
 /// What a retention or delete-records pass removed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Truncation {
     /// The log start offset after the pass.
     pub log_start_offset: Offset,
@@ -129,7 +206,7 @@ pub type CommitOutcome = std::result::Result<(), CommitRefused>;
 pub const PRODUCER_BATCHES_KEPT: usize = 5;
 
 /// Retention limits of one partition, as a retention pass applies them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RetentionLimits {
     /// Entries whose newest record is older than this (ms since the epoch) are removed; None: no limit.
     pub min_timestamp: Option<i64>,

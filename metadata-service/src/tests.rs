@@ -1,5 +1,9 @@
-//! Contract tests for [`MetadataStore`]: each scenario is a function over `&dyn MetadataStore`
-//! so every backend runs the same suite (the embedded one here; DynamoDB later).
+//! The conformance suite of [`MetadataStore`]: each scenario is a function over
+//! `&dyn MetadataStore`, and the `suite!` macro runs every scenario against every backend:
+//! the embedded store, the embedded store served over QUIC by the metadata service, and
+//! DynamoDB (a DynamoDB-compatible server at `WEIR_TEST_DYNAMODB_ENDPOINT`, which
+//! `scripts/test.sh` starts; without it those tests are skipped, unless
+//! `WEIR_TEST_REQUIRE_DYNAMODB=1` makes that a failure).
 
 use super::*;
 use std::sync::Arc;
@@ -371,41 +375,295 @@ async fn records(store: &dyn MetadataStore) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn embedded() -> anyhow::Result<(tempfile::TempDir, Arc<dyn MetadataStore>)> {
+async fn leaders_race(store: Arc<dyn MetadataStore>) -> anyhow::Result<()> {
+    let t = store.create_topic("fence", 1, BTreeMap::new()).await?;
+    let tp = TopicPartition {
+        topic_id: t.id,
+        partition: 0,
+    };
+    // Two would-be leaders each take leadership and commit at the same offset, concurrently:
+    // whatever the interleaving, exactly one commit wins.
+    for round in 0..4i64 {
+        let base = round * 10;
+        let mut tasks = Vec::new();
+        for leader in 0..2 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let epoch = store.acquire_partitions(tp.topic_id, 0).await?[0]
+                    .state
+                    .leader_epoch;
+                let e = entry(tp, base, base + 9, 1, &format!("r{round}l{leader}"), 1);
+                anyhow::Ok(store.commit_index(vec![commit(epoch, e)]).await?.remove(0))
+            }));
+        }
+        let mut wins = 0;
+        for task in tasks {
+            match task.await?? {
+                Ok(()) => wins += 1,
+                Err(CommitRefused::EpochFenced { .. } | CommitRefused::OffsetMismatch { .. }) => {}
+                Err(other) => anyhow::bail!("unexpected refusal {other:?}"),
+            }
+        }
+        assert_eq!(wins, 1, "round {round}");
+    }
+    let entries = store.index_from(tp, 0, 100).await?;
+    assert_eq!(
+        entries.iter().map(|e| e.base_offset).collect::<Vec<_>>(),
+        vec![0, 10, 20, 30]
+    );
+    Ok(())
+}
+
+async fn wide_flush(store: &dyn MetadataStore) -> anyhow::Result<()> {
+    // One flushed object holding 150 partitions, each with an idempotent producer: more
+    // than one backend transaction holds, committed as one call.
+    let t = store.create_topic("wide", 150, BTreeMap::new()).await?;
+    let epoch = store.acquire_partitions(t.id, 0).await?[0]
+        .state
+        .leader_epoch;
+    let commits: Vec<PartitionCommit> = (0..150)
+        .map(|p| {
+            let tp = TopicPartition {
+                topic_id: t.id,
+                partition: p,
+            };
+            let mut c = commit(epoch, entry(tp, 0, i64::from(p), 7, "flush-1", 100));
+            c.producers = vec![ProducerBatchState {
+                producer_id: 4000,
+                producer_epoch: 0,
+                first_sequence: 0,
+                last_sequence: p,
+                base_offset: 0,
+                last_offset: i64::from(p),
+            }];
+            c
+        })
+        .collect();
+    let out = store.commit_index(commits).await?;
+    assert!(out.iter().all(|o| o.is_ok()), "{out:?}");
+    let tails = store.acquire_partitions(t.id, 0).await?;
+    assert_eq!(tails.len(), 150);
+    for tail in &tails {
+        assert_eq!(tail.state.next_offset, i64::from(tail.state.partition) + 1);
+        assert_eq!(tail.state.log_bytes, 100);
+        assert_eq!(tail.producers.len(), 1);
+        assert_eq!(tail.producers[0].last_sequence, tail.state.partition);
+    }
+    assert_eq!(store.live_objects().await?, vec!["flush-1".to_string()]);
+    // Deleting the topic releases the object.
+    let (_, dead) = store.delete_topic("wide").await?;
+    assert_eq!(dead, vec!["flush-1".to_string()]);
+    assert!(store.live_objects().await?.is_empty());
+    Ok(())
+}
+
+async fn long_log(store: &dyn MetadataStore) -> anyhow::Result<()> {
+    let t = store.create_topic("long", 1, BTreeMap::new()).await?;
+    let epoch = store.acquire_partitions(t.id, 0).await?[0]
+        .state
+        .leader_epoch;
+    let tp = TopicPartition {
+        topic_id: t.id,
+        partition: 0,
+    };
+    // 130 flushes of 10 records; objects shared by pairs of entries.
+    for i in 0..130i64 {
+        let e = entry(tp, i * 10, i * 10 + 9, 1000 + i, &format!("o{}", i / 2), 10);
+        assert_eq!(
+            store.commit_index(vec![commit(epoch, e)]).await?,
+            vec![Ok(())]
+        );
+    }
+    // Lookups: from the middle, across what a reader saw before and what came after.
+    let first = store.index_from(tp, 255, 3).await?;
+    assert_eq!(
+        first.iter().map(|e| e.base_offset).collect::<Vec<_>>(),
+        vec![250, 260, 270]
+    );
+    let more = store.index_from(tp, 1280, 10).await?;
+    assert_eq!(more.len(), 2);
+    let e = entry(tp, 1300, 1309, 5000, "late", 10);
+    assert_eq!(
+        store.commit_index(vec![commit(epoch, e)]).await?,
+        vec![Ok(())]
+    );
+    let more = store.index_from(tp, 1280, 10).await?;
+    assert_eq!(
+        more.iter().map(|e| e.base_offset).collect::<Vec<_>>(),
+        vec![1280, 1290, 1300]
+    );
+    assert_eq!(
+        store
+            .index_for_timestamp(tp, 1100)
+            .await?
+            .map(|e| e.base_offset),
+        Some(1000)
+    );
+    // A truncation wider than one backend transaction.
+    let cut = store.delete_records(tp, 1005).await?;
+    assert_eq!(cut.log_start_offset, 1005);
+    assert_eq!(cut.removed_entries, 100);
+    let mut dead = cut.dead_objects.clone();
+    dead.sort();
+    let mut expected: Vec<String> = (0..50).map(|i| format!("o{i}")).collect();
+    expected.sort();
+    assert_eq!(dead, expected);
+    // Nothing below the new start is served, even to a reader that read it before.
+    assert_eq!(
+        store.index_from(tp, 0, 2).await?[0].base_offset,
+        1000,
+        "the entry holding the log start is the first one left"
+    );
+    let tail = store.acquire_partitions(t.id, 0).await?.remove(0);
+    assert_eq!(tail.state.log_start_offset, 1005);
+    assert_eq!(tail.state.log_bytes, 310);
+    Ok(())
+}
+
+type Guard = Box<dyn std::any::Any + Send>;
+
+async fn embedded() -> anyhow::Result<Option<(Guard, Arc<dyn MetadataStore>)>> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn MetadataStore> = Arc::new(EmbeddedStore::open(dir.path())?);
-    Ok((dir, store))
+    Ok(Some((Box::new(dir), store)))
 }
 
-#[tokio::test]
-async fn embedded_topics_lifecycle() -> anyhow::Result<()> {
-    let (_d, s) = embedded().await?;
-    topics_lifecycle(s.as_ref()).await
+/// The embedded store behind the metadata service, reached over QUIC.
+async fn remote() -> anyhow::Result<Option<(Guard, Arc<dyn MetadataStore>)>> {
+    let dir = tempfile::tempdir()?;
+    let backend: Arc<dyn MetadataStore> = Arc::new(EmbeddedStore::open(&dir.path().join("db"))?);
+    let certs = weir_rpc::tls::generate(&dir.path().join("tls"), &["127.0.0.1".into()])?;
+    let endpoint = weir_rpc::server_endpoint(
+        "127.0.0.1:0".parse()?,
+        &certs.cert,
+        &certs.key,
+        crate::remote::ALPN,
+    )?;
+    let addr = endpoint.local_addr()?;
+    let shutdown = weir_common::CancellationToken::new();
+    tokio::spawn(weir_rpc::serve(
+        endpoint,
+        Arc::new(crate::remote::MetadataServer::new(backend)),
+        shutdown.clone(),
+    ));
+    let url = format!("quic://{addr}?ca={}", certs.ca.display());
+    let store = open(&url, false).await?;
+    Ok(Some((Box::new((dir, shutdown.drop_guard())), store)))
 }
 
-#[tokio::test]
-async fn embedded_index_commits_are_fenced() -> anyhow::Result<()> {
-    let (_d, s) = embedded().await?;
-    index_commits_are_fenced(s.as_ref()).await
+/// A fresh pair of tables on the DynamoDB-compatible server of the test set-up.
+async fn dynamodb() -> anyhow::Result<Option<(Guard, Arc<dyn MetadataStore>)>> {
+    let Ok(endpoint) = std::env::var("WEIR_TEST_DYNAMODB_ENDPOINT") else {
+        if std::env::var("WEIR_TEST_REQUIRE_DYNAMODB").is_ok_and(|v| v == "1") {
+            anyhow::bail!(
+                "WEIR_TEST_REQUIRE_DYNAMODB=1 but WEIR_TEST_DYNAMODB_ENDPOINT is not set"
+            );
+        }
+        eprintln!("skipped: WEIR_TEST_DYNAMODB_ENDPOINT is not set (scripts/test.sh sets it)");
+        return Ok(None);
+    };
+    let options = DynamoOptions {
+        table_prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
+        region: Some("us-east-1".into()),
+        endpoint: Some(endpoint),
+    };
+    let store = DynamoStore::connect(&options).await?;
+    assert!(!store.tables_exist().await?);
+    store.init().await?;
+    // Idempotent.
+    assert!(store.init().await?.is_empty());
+    Ok(Some((Box::new(()), Arc::new(store))))
 }
 
-#[tokio::test]
-async fn embedded_truncation_releases_objects() -> anyhow::Result<()> {
-    let (_d, s) = embedded().await?;
-    truncation_releases_objects(s.as_ref()).await
+macro_rules! suite {
+    ($backend:ident) => {
+        mod $backend {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn topics_lifecycle() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::topics_lifecycle(s.as_ref()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn index_commits_are_fenced() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::index_commits_are_fenced(s.as_ref()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn truncation_releases_objects() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::truncation_releases_objects(s.as_ref()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn producer_state_is_kept() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::producer_state_is_kept(s.as_ref()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_commits() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::concurrent_commits(s).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn leaders_race() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::leaders_race(s).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn wide_flush() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::wide_flush(s.as_ref()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn long_log() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::long_log(s.as_ref()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn group_offsets() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::group_offsets(s.as_ref()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn records() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::records(s.as_ref()).await
+            }
+        }
+    };
 }
 
-#[tokio::test]
-async fn embedded_producer_state_is_kept() -> anyhow::Result<()> {
-    let (_d, s) = embedded().await?;
-    producer_state_is_kept(s.as_ref()).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn embedded_concurrent_commits() -> anyhow::Result<()> {
-    let (_d, s) = embedded().await?;
-    concurrent_commits(s).await
-}
+suite!(embedded);
+suite!(remote);
+suite!(dynamodb);
 
 #[tokio::test]
 async fn embedded_survives_reopen() -> anyhow::Result<()> {
@@ -440,16 +698,4 @@ async fn embedded_survives_reopen() -> anyhow::Result<()> {
         42
     );
     Ok(())
-}
-
-#[tokio::test]
-async fn embedded_group_offsets() -> anyhow::Result<()> {
-    let (_d, s) = embedded().await?;
-    group_offsets(s.as_ref()).await
-}
-
-#[tokio::test]
-async fn embedded_records() -> anyhow::Result<()> {
-    let (_d, s) = embedded().await?;
-    records(s.as_ref()).await
 }

@@ -1,5 +1,6 @@
 //! Backends of [`crate::MetadataStore`].
 
+pub mod dynamo;
 pub mod embedded;
 
 use crate::{MetadataError, Result};

@@ -1,4 +1,5 @@
-//! TLS for the Kafka listeners: a rustls server configuration from PEM files, and a
+//! TLS certificates for Weir's listeners (Kafka over TLS, QUIC between processes): a rustls
+//! server configuration from PEM files, a client configuration that trusts one CA, and a
 //! self-signed certificate authority plus server certificate for local use.
 
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::AuthError;
+use crate::RpcError as TlsError;
 
 /// Files of a generated certificate set.
 #[derive(Debug, Clone)]
@@ -32,11 +33,11 @@ impl CertFiles {
 
 /// Generates a CA and a server certificate it signed, valid for `hosts` (DNS names or IP
 /// addresses), into `dir`. Existing files are replaced.
-pub fn generate(dir: &Path, hosts: &[String]) -> Result<CertFiles, AuthError> {
+pub fn generate(dir: &Path, hosts: &[String]) -> Result<CertFiles, TlsError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
-    let tls = |e: rcgen::Error| AuthError::Tls(e.to_string());
+    let tls = |e: rcgen::Error| TlsError::Tls(e.to_string());
     std::fs::create_dir_all(dir)?;
     let files = CertFiles::in_dir(dir);
 
@@ -69,12 +70,26 @@ pub fn generate(dir: &Path, hosts: &[String]) -> Result<CertFiles, AuthError> {
         &files.cert,
         format!("{}{}", server_cert.pem(), ca_cert.pem()),
     )?;
-    crate::store::write_private(&files.key, server_key.serialize_pem().as_bytes())?;
+    write_private(&files.key, server_key.serialize_pem().as_bytes())?;
     Ok(files)
 }
 
+/// Writes a file only its owner can read (private keys).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut f = options.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// Uses the certificate set in `dir`, generating it first if it is not there.
-pub fn load_or_generate(dir: &Path, hosts: &[String]) -> Result<CertFiles, AuthError> {
+pub fn load_or_generate(dir: &Path, hosts: &[String]) -> Result<CertFiles, TlsError> {
     let files = CertFiles::in_dir(dir);
     if files.ca.exists() && files.cert.exists() && files.key.exists() {
         return Ok(files);
@@ -85,26 +100,52 @@ pub fn load_or_generate(dir: &Path, hosts: &[String]) -> Result<CertFiles, AuthE
 }
 
 /// A rustls server configuration from a PEM certificate chain and private key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, AuthError> {
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| AuthError::Tls(format!("{}: {e}", cert.display())))?
+        .map_err(|e| TlsError::Tls(format!("{}: {e}", cert.display())))?
         .collect::<Result<_, _>>()
-        .map_err(|e| AuthError::Tls(format!("{}: {e}", cert.display())))?;
+        .map_err(|e| TlsError::Tls(format!("{}: {e}", cert.display())))?;
     if chain.is_empty() {
-        return Err(AuthError::Tls(format!(
+        return Err(TlsError::Tls(format!(
             "{}: no certificate found",
             cert.display()
         )));
     }
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| AuthError::Tls(format!("{}: {e}", key.display())))?;
+        .map_err(|e| TlsError::Tls(format!("{}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| AuthError::Tls(e.to_string()))?
+        .map_err(|e| TlsError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| AuthError::Tls(e.to_string()))?;
+        .map_err(|e| TlsError::Tls(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// A rustls client configuration that trusts only the CA certificates in `ca` (PEM).
+pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)
+        .map_err(|e| TlsError::Tls(format!("{}: {e}", ca.display())))?
+    {
+        let cert = cert.map_err(|e| TlsError::Tls(format!("{}: {e}", ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Tls(format!("{}: {e}", ca.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Tls(format!(
+            "{}: no CA certificate found",
+            ca.display()
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
