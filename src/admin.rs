@@ -34,6 +34,7 @@ mod subtle_eq {
 struct AdminState {
     auth: Arc<Auth>,
     token: Option<String>,
+    metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 struct ApiError(StatusCode, String);
@@ -238,14 +239,38 @@ async fn cluster(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
     }))
 }
 
+/// Prometheus metrics (OpenMetrics text format).
+async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&s, &headers) {
+        return e.into_response();
+    }
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &s.metrics) {
+        return ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 /// Serves the admin API on `listener` until `shutdown`.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     auth: Arc<Auth>,
     token: Option<String>,
+    metrics_registry: Arc<prometheus_client::registry::Registry>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let state = AdminState { auth, token };
+    let state = AdminState {
+        auth,
+        token,
+        metrics: metrics_registry,
+    };
     let app = Router::new()
         .route("/v1/keys", post(create_key).get(list_keys))
         .route("/v1/keys/{id}/rotate", post(rotate_key))
@@ -259,6 +284,7 @@ pub async fn serve_admin(
             put(put_policy).delete(delete_policy),
         )
         .route("/v1/cluster", get(cluster))
+        .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .with_state(state);
     let result = axum::serve(listener, app)

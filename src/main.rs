@@ -1,6 +1,7 @@
 //! `weir`: the command line. Parses settings, builds the components, runs them.
 
 mod admin;
+mod metadata_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -12,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use weir_gateway::listener::{Listener, ListenerSpec, SecurityProtocol};
 use weir_gateway::{Committer, Gateway, GatewayConfig, Registry};
-use weir_metadata::{EmbeddedStore, MetadataStore};
+use weir_metadata::MetadataStore;
 use weir_storage::{ObjectStorage, Storage, StorageConfig};
 
 /// Weir: a serverless, autoscaling, Kafka-compatible streaming service.
@@ -40,6 +41,10 @@ enum Command {
     /// TLS helpers.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Run the metadata service as its own process, serving a backend (embedded or DynamoDB)
+    /// over QUIC to other weir processes (`--metadata quic://...`); `weir metadata init`
+    /// creates a backend's tables.
+    Metadata(metadata_cmd::MetadataArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,7 +123,9 @@ struct ServeArgs {
     /// Object store URL: file:///path or memory:// [default: file://<data-dir>/objects].
     #[arg(long, env = "WEIR_OBJECT_STORE")]
     object_store: Option<String>,
-    /// Metadata store URL: embedded://path [default: embedded://<data-dir>/metadata].
+    /// Metadata store URL: embedded://path, dynamodb://table-prefix[?region=R&endpoint=URL]
+    /// (tables created if missing) or quic://host:port?ca=PATH (a `weir metadata` service)
+    /// [default: embedded://<data-dir>/metadata].
     #[arg(long, env = "WEIR_METADATA")]
     metadata: Option<String>,
     /// Flush an object once this many bytes are buffered [default: 4194304].
@@ -455,14 +462,16 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn open_metadata(url: &str) -> Result<Arc<dyn MetadataStore>> {
-    if let Some(path) = url.strip_prefix("embedded://") {
-        let store = EmbeddedStore::open(Path::new(path)).with_context(|| {
-            format!("opening the embedded metadata store at {path} (is another weir using this data dir?)")
-        })?;
-        return Ok(Arc::new(store));
-    }
-    bail!("unsupported metadata URL '{url}': use embedded://path")
+async fn open_metadata(url: &str) -> Result<Arc<dyn MetadataStore>> {
+    let store = weir_metadata::open(url, true)
+        .await
+        .with_context(|| format!("opening the metadata store {url}"))?;
+    // Fail at start-up, not on the first request, when the store is unreachable.
+    store
+        .cluster_id()
+        .await
+        .with_context(|| format!("reading the cluster id from {url}"))?;
+    Ok(store)
 }
 
 /// Splits `host:port` (IPv6 hosts in brackets).
@@ -481,7 +490,7 @@ fn parse_host_port(s: &str) -> Result<(String, i32)> {
 async fn serve(settings: ServeSettings) -> Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
-    let meta = open_metadata(&settings.metadata)?;
+    let meta = open_metadata(&settings.metadata).await?;
     let target = weir_storage::open_object_store(&settings.object_store)
         .with_context(|| format!("opening object store {}", settings.object_store))?;
     let registry = Arc::new(Registry::default());
@@ -596,13 +605,23 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     };
     let admin_addr = admin_socket.local_addr()?;
     let storage_dyn: Arc<dyn Storage> = storage.clone();
-    let gateway = Gateway::start(config, meta, storage_dyn, registry, Some(auth.clone())).await?;
+    let gateway = Gateway::start(
+        config,
+        meta.clone(),
+        storage_dyn,
+        registry,
+        Some(auth.clone()),
+    )
+    .await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
+    let mut metrics = prometheus_client::registry::Registry::default();
+    meta.register_metrics(&mut metrics);
     let admin_task = tokio::spawn(admin::serve_admin(
         admin_socket,
         auth,
         settings.admin_token.clone(),
+        Arc::new(metrics),
         shutdown.clone(),
     ));
     let mut listeners = Vec::new();
@@ -719,6 +738,7 @@ fn main() -> Result<()> {
             runtime.block_on(lag(args))
         }
         Command::Auth(args) => admin::run_auth(args),
+        Command::Metadata(args) => metadata_cmd::run(args),
         Command::Tls(TlsCommand::Generate { out, hosts }) => {
             let hosts = if hosts.is_empty() {
                 vec!["localhost".to_string(), "127.0.0.1".to_string()]

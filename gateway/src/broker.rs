@@ -40,7 +40,7 @@ impl ProducerState {
     }
 }
 
-fn producers_from(batches: &[ProducerBatchState]) -> HashMap<i64, ProducerState> {
+pub(crate) fn producers_from(batches: &[ProducerBatchState]) -> HashMap<i64, ProducerState> {
     let mut map: HashMap<i64, ProducerState> = HashMap::new();
     for b in batches {
         map.entry(b.producer_id)
@@ -306,7 +306,7 @@ impl Registry {
         self.changed.subscribe()
     }
 
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 }

@@ -229,6 +229,9 @@ pub struct CommittedOffset {
 /// later DynamoDB. Every method is one atomic transaction.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + std::fmt::Debug {
+    /// Registers the backend's metrics (request counts and the like), if it has any.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+
     /// The cluster id, created on first use.
     async fn cluster_id(&self) -> Result<String>;
 
@@ -265,6 +268,10 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
         topic: TopicId,
         from: PartitionIndex,
     ) -> Result<Vec<PartitionTail>>;
+
+    /// Reads a partition's tail state without taking leadership (a leader re-reads its
+    /// partition after a commit whose outcome it could not learn). None: no such partition.
+    async fn partition_tail(&self, tp: TopicPartition) -> Result<Option<PartitionTail>>;
 
     /// Commits the index entries of one flushed object, one transaction for all partitions.
     /// Each partition's commit is checked separately; refused ones are skipped, the rest

@@ -48,6 +48,7 @@ pub enum Request {
         from: PartitionIndex,
     },
     CommitIndex(Vec<PartitionCommit>),
+    PartitionTail(TopicPartition),
     IndexFrom {
         tp: TopicPartition,
         offset: Offset,
@@ -106,6 +107,7 @@ pub enum Response {
     Topics(Vec<TopicRecord>),
     TopicDeleted(TopicRecord, Vec<String>),
     Tails(Vec<PartitionTail>),
+    MaybeTail(Option<PartitionTail>),
     Outcomes(Vec<CommitOutcome>),
     Entries(Vec<IndexEntry>),
     MaybeEntry(Option<IndexEntry>),
@@ -154,6 +156,7 @@ impl MetadataServer {
                 Response::Tails(s.acquire_partitions(topic, from).await?)
             }
             Request::CommitIndex(commits) => Response::Outcomes(s.commit_index(commits).await?),
+            Request::PartitionTail(tp) => Response::MaybeTail(s.partition_tail(tp).await?),
             Request::IndexFrom { tp, offset, limit } => Response::Entries(
                 s.index_from(tp, offset, usize::try_from(limit).unwrap_or(usize::MAX))
                     .await?,
@@ -312,6 +315,10 @@ impl MetadataStore for RemoteStore {
         from: PartitionIndex,
     ) -> Result<Vec<PartitionTail>> {
         expect!(self, Request::AcquirePartitions { topic, from }, Response::Tails(t) => t)
+    }
+
+    async fn partition_tail(&self, tp: TopicPartition) -> Result<Option<PartitionTail>> {
+        expect!(self, Request::PartitionTail(tp), Response::MaybeTail(t) => t)
     }
 
     async fn commit_index(&self, commits: Vec<PartitionCommit>) -> Result<Vec<CommitOutcome>> {

@@ -574,9 +574,11 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
             }
         }
         Err(e) => {
+            // The commit's outcome is unknown (it may have landed before the error): the
+            // object stays; if nothing refers to it, the start-up sweep of unreferenced
+            // objects removes it.
             tracing::error!(object = %key, error = %e, "index commit failed; failing its appends");
             fail_all(runs, &StorageError::Unavailable(e));
-            delete_unreferenced(inner, key.clone()).await;
         }
     }
     tracing::trace!(object = %key, bytes = object.len(), write_ms = written.as_millis() as u64,

@@ -379,7 +379,7 @@ async fn complete(
 /// durable end. Returns the error code for the client.
 fn append_failed(
     gw: &Gateway,
-    log: &PartitionLog,
+    log: &Arc<PartitionLog>,
     generation: u64,
     e: &StorageError,
 ) -> ResponseError {
@@ -395,11 +395,67 @@ fn append_failed(
             gw.storage.discard(log.tp);
             state.generation += 1;
             log.reset_to_durable(&mut state);
+            // The failed commit may have landed after all (its answer was lost): re-read the
+            // durable end from the metadata store.
+            tokio::spawn(resync(
+                gw.meta.clone(),
+                gw.storage.clone(),
+                gw.registry.clone(),
+                log.clone(),
+                state.generation,
+            ));
         }
     }
     match e.kind() {
         ErrorKind::Fenced => ResponseError::NotLeaderOrFollower,
         _ => ResponseError::KafkaStorageError,
+    }
+}
+
+/// Re-reads a partition's durable end and producer states after a failed append, and adopts
+/// them if a commit this gateway thought failed did land (same leader epoch, a longer log).
+/// Appends in flight are failed (retriable) so that no offset is handed out twice.
+async fn resync(
+    meta: Arc<dyn weir_metadata::MetadataStore>,
+    storage: Arc<dyn weir_storage::Storage>,
+    registry: Arc<crate::broker::Registry>,
+    log: Arc<PartitionLog>,
+    generation: u64,
+) {
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..8 {
+        match meta.partition_tail(log.tp).await {
+            Ok(Some(tail)) => {
+                let mut state = log.lock();
+                if state.generation != generation
+                    || state.deleted
+                    || tail.state.leader_epoch != state.leader_epoch
+                    || tail.state.next_offset <= state.high_watermark
+                {
+                    return;
+                }
+                tracing::warn!(tp = %log.tp, durable_end = tail.state.next_offset,
+                    believed = state.high_watermark,
+                    "a commit reported as failed had landed; adopting the durable end");
+                storage.discard(log.tp);
+                state.generation += 1;
+                state.high_watermark = tail.state.next_offset;
+                state.next_offset = tail.state.next_offset;
+                state.committed_producers = crate::broker::producers_from(&tail.producers);
+                state.producers = state.committed_producers.clone();
+                // Entries of the landed commit are only in the store: read the index there.
+                state.recent.clear();
+                drop(state);
+                registry.notify();
+                return;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(tp = %log.tp, error = %e, "re-reading the partition failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
     }
 }
 

@@ -50,6 +50,8 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use futures::{StreamExt, TryStreamExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -117,9 +119,42 @@ impl DynamoOptions {
     }
 }
 
+/// Counts DynamoDB requests (every attempt, retries included) by operation.
+#[derive(Debug, Clone, Default)]
+struct CountRequests {
+    requests: Family<Vec<(String, String)>, Counter>,
+}
+
+impl aws_sdk_dynamodb::config::Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "CountRequests"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> std::result::Result<(), aws_sdk_dynamodb::error::BoxError> {
+        // X-Amz-Target: DynamoDB_20120810.<Operation>
+        let operation = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .and_then(|t| t.rsplit('.').next())
+            .unwrap_or("unknown")
+            .to_string();
+        self.requests
+            .get_or_create(&vec![("operation".to_string(), operation)])
+            .inc();
+        Ok(())
+    }
+}
+
 /// The DynamoDB metadata store.
 pub struct DynamoStore {
     client: Client,
+    counter: CountRequests,
     meta: String,
     index: String,
     /// Contiguous runs of index entries per partition.
@@ -298,8 +333,13 @@ impl DynamoStore {
                 .region(aws_config::Region::from_static("us-east-1"))
                 .build();
         }
+        let counter = CountRequests::default();
+        let client_config = aws_sdk_dynamodb::config::Builder::from(&config)
+            .interceptor(counter.clone())
+            .build();
         Ok(DynamoStore {
-            client: Client::new(&config),
+            client: Client::from_conf(client_config),
+            counter,
             meta: format!("{}-meta", options.table_prefix),
             index: format!("{}-index", options.table_prefix),
             entries: moka::sync::Cache::builder()
@@ -766,6 +806,18 @@ impl DynamoStore {
         }
     }
 
+    /// Whether the index holds exactly this entry (same base offset, same object).
+    async fn holds_entry(&self, e: &IndexEntry) -> Result<bool> {
+        let k = HashMap::from([
+            ("pk".to_string(), s(index_pk(e.tp))),
+            ("sk".to_string(), n(e.base_offset)),
+        ]);
+        Ok(match self.get(&self.index, k).await? {
+            Some(item) => get_s(&item, "object")? == e.object,
+            None => false,
+        })
+    }
+
     fn refs_update(&self, object: &str, delta: i64) -> Result<TransactWriteItem> {
         transact_update(
             Update::builder()
@@ -950,7 +1002,8 @@ impl DynamoStore {
             for (object, count) in &refs {
                 ops.push(self.refs_update(object, *count)?);
             }
-            if self.transact(ops).await? {
+            let sent = self.transact(ops).await;
+            if let Ok(true) = sent {
                 let mut cache = self.lock_producers();
                 for (tp, doc) in new_docs {
                     cache.insert(tp, doc);
@@ -963,13 +1016,24 @@ impl DynamoStore {
                 }
                 return Ok(());
             }
-            // A condition failed: find the partitions whose state moved on and refuse them.
+            // A condition failed, or the outcome is unknown (a timeout after the request was
+            // sent): settle each partition from what the table now holds.
             let mut still = Vec::new();
+            let mut applied = Vec::new();
             for &i in &pending {
                 let c = &commits[i];
                 let tp = c.entry.tp;
                 let refused = match self.read_partition(tp).await? {
                     None => Some(CommitRefused::UnknownPartition),
+                    Some(st)
+                        if st.leader_epoch == c.leader_epoch
+                            && st.next_offset == c.entry.last_offset + 1
+                            && self.holds_entry(&c.entry).await? =>
+                    {
+                        // This very commit landed (the failure came after it).
+                        applied.push(i);
+                        continue;
+                    }
                     Some(st) if st.leader_epoch != c.leader_epoch => {
                         Some(CommitRefused::EpochFenced {
                             current: st.leader_epoch,
@@ -992,7 +1056,16 @@ impl DynamoStore {
                     None => still.push(i),
                 }
             }
+            for i in applied {
+                outcomes[i] = Some(Ok(()));
+                // Its producer states are in the table; re-read them when next needed.
+                self.lock_producers().remove(&commits[i].entry.tp);
+            }
             if still.len() == pending.len() {
+                if let Err(e) = sent {
+                    // Nothing was written and the table cannot be reached reliably.
+                    return Err(e);
+                }
                 // Every partition matches: an index item was in the way (or a race); retry.
                 attempt += 1;
                 if attempt > TRANSACTION_ATTEMPTS {
@@ -1040,6 +1113,14 @@ fn delete_request(k: Item) -> Result<WriteRequest> {
 
 #[async_trait]
 impl MetadataStore for DynamoStore {
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "weir_metadata_dynamodb_requests",
+            "DynamoDB requests sent (every attempt), by operation",
+            self.counter.requests.clone(),
+        );
+    }
+
     async fn cluster_id(&self) -> Result<String> {
         self.cluster
             .get_or_try_init(|| async {
@@ -1304,6 +1385,18 @@ impl MetadataStore for DynamoStore {
             });
         }
         Ok(tails)
+    }
+
+    async fn partition_tail(&self, tp: TopicPartition) -> Result<Option<PartitionTail>> {
+        let Some(state) = self.read_partition(tp).await? else {
+            return Ok(None);
+        };
+        self.lock_producers().remove(&tp);
+        let doc = self.producer_doc(tp).await?;
+        let mut producers: Vec<ProducerBatchState> = doc.values().flatten().copied().collect();
+        producers.sort_by_key(|b| (b.producer_id, b.base_offset));
+        self.lock_producers().insert(tp, doc);
+        Ok(Some(PartitionTail { state, producers }))
     }
 
     async fn commit_index(&self, commits: Vec<PartitionCommit>) -> Result<Vec<CommitOutcome>> {

@@ -426,6 +426,31 @@ impl MetadataStore for EmbeddedStore {
         .await
     }
 
+    async fn partition_tail(&self, tp: TopicPartition) -> Result<Option<PartitionTail>> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let parts = txn.open_table(PARTITIONS).map_err(backend)?;
+            let Some(state) = read_partition(&parts, tp)? else {
+                return Ok(None);
+            };
+            let producers = txn.open_table(PRODUCERS).map_err(backend)?;
+            let (t, p) = pkey(tp);
+            let mut batches = Vec::new();
+            for item in producers
+                .range((t, p, i64::MIN)..=(t, p, i64::MAX))
+                .map_err(backend)?
+            {
+                let (_, v) = item.map_err(backend)?;
+                batches.extend(decode::<Vec<ProducerBatchState>>(v.value())?);
+            }
+            Ok(Some(PartitionTail {
+                state,
+                producers: batches,
+            }))
+        })
+        .await
+    }
+
     async fn commit_index(&self, commits: Vec<PartitionCommit>) -> Result<Vec<CommitOutcome>> {
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
