@@ -6,6 +6,10 @@
 # (kcat, Python venv support, Node.js) and keeps Python packages in .venv and kafkajs in
 # tests/e2e/js/node_modules.
 #
+# A DynamoDB-compatible server (moto, scripts/moto_server.py) runs on 127.0.0.1 for the whole
+# run: the metadata conformance suite runs against it, and the produce/consume/group
+# end-to-end tests run a second time with `weir serve --metadata dynamodb://...`.
+#
 # Environment:
 #   WEIR_BIN        test this binary instead of target/release/weir
 #   PYTEST_ARGS     extra arguments for pytest (e.g. "-k produce -x")
@@ -59,6 +63,28 @@ log "installing Python test dependencies"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
   -r tests/e2e/requirements.txt </dev/null
 
+# -- DynamoDB-compatible server (moto) -----------------------------------------------------
+MOTO_PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+MOTO_LOG="$(mktemp -t weir-moto.XXXXXX.log)"
+log "starting moto on 127.0.0.1:$MOTO_PORT (log: $MOTO_LOG)"
+"$VENV/bin/python" scripts/moto_server.py 127.0.0.1 "$MOTO_PORT" >"$MOTO_LOG" 2>&1 </dev/null &
+MOTO_PID=$!
+trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do
+  if "$VENV/bin/python" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$MOTO_PORT/moto-api/', timeout=1)" 2>/dev/null; then
+    break
+  fi
+  if ! kill -0 "$MOTO_PID" 2>/dev/null; then
+    echo "moto exited; its log:" >&2; cat "$MOTO_LOG" >&2; exit 1
+  fi
+  sleep 0.2
+done
+export WEIR_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+export WEIR_TEST_REQUIRE_DYNAMODB=1
+# moto accepts any credentials; never let tests pick up real ones.
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+unset AWS_PROFILE AWS_SESSION_TOKEN
+
 # -- kafkajs -------------------------------------------------------------------------------
 log "installing kafkajs"
 (
@@ -89,3 +115,9 @@ fi
 log "end-to-end tests against $WEIR_BIN"
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m pytest tests/e2e -v ${PYTEST_ARGS:-} </dev/null
+
+log "end-to-end produce/consume/group tests with the DynamoDB metadata backend"
+# shellcheck disable=SC2086
+WEIR_E2E_METADATA=dynamodb "$VENV/bin/python" -m pytest -v ${PYTEST_ARGS:-} \
+  tests/e2e/test_produce_consume.py tests/e2e/test_groups.py tests/e2e/test_idempotence.py \
+  tests/e2e/test_durability.py tests/e2e/test_list_offsets.py </dev/null

@@ -227,7 +227,7 @@ impl RemoteStore {
     /// A store served at `addr` whose certificate is signed by the CA in `ca` and names
     /// `server_name`.
     pub fn connect(addr: SocketAddr, server_name: &str, ca: &Path) -> Result<Self> {
-        let client = weir_rpc::Client::new(addr, server_name, ca, ALPN, Duration::from_secs(30))
+        let client = weir_rpc::Client::new(addr, server_name, ca, ALPN, Duration::from_secs(10))
             .map_err(|e| MetadataError::Backend(e.to_string()))?;
         Ok(RemoteStore { client })
     }

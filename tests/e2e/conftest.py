@@ -13,6 +13,12 @@ Fixtures:
 Each yields a `WeirServer` with `.bootstrap`, `.port`, `.data_dir`, `.kill9()`,
 `.restart()`, `.terminate()`, `.alive()` and `.log_tail()`.
 When a test fails, the tail of every running server's log is attached to its report.
+
+DynamoDB: `dynamodb_endpoint()` is the DynamoDB-compatible server of the test set-up:
+WEIR_TEST_DYNAMODB_ENDPOINT when set (scripts/test.sh starts one), else a moto server this
+session starts on 127.0.0.1 (scripts/moto_server.py). With WEIR_E2E_METADATA=dynamodb every
+server gets `--metadata dynamodb://<fresh prefix>` on that endpoint, so the same tests run
+against the DynamoDB backend.
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -50,6 +59,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Credentials for the local DynamoDB-compatible server (it accepts any).
+for _k, _v in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+               ("AWS_REGION", "us-east-1")):
+    os.environ.setdefault(_k, _v)
+
+_MOTO: dict = {}
+
+
+def dynamodb_endpoint() -> str:
+    """The DynamoDB-compatible endpoint for this session (started on first use)."""
+    given = os.environ.get("WEIR_TEST_DYNAMODB_ENDPOINT")
+    if given:
+        return given
+    if "endpoint" in _MOTO:
+        return _MOTO["endpoint"]
+    port = free_port()
+    log = open(tempfile.mktemp(prefix="weir-e2e-moto-", suffix=".log"), "wb")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "scripts" / "moto_server.py"), "127.0.0.1", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start (see {log.name})")
+            time.sleep(0.2)
+    _MOTO.update(endpoint=endpoint, proc=proc)
+    atexit.register(lambda: proc.poll() is None and proc.kill())
+    return endpoint
+
+
+def dynamodb_url(prefix: str | None = None) -> str:
+    prefix = prefix or f"e2e{uuid.uuid4().hex[:12]}"
+    return f"dynamodb://{prefix}?endpoint={dynamodb_endpoint()}&region=us-east-1"
+
+
 class WeirServer:
     """One `weir serve` process, restartable on the same port and data dir."""
 
@@ -60,6 +109,9 @@ class WeirServer:
         self.log_path = self.base_dir / "weir.log"
         self.port = port or free_port()
         self.extra_args = [str(a) for a in extra_args]
+        if (os.environ.get("WEIR_E2E_METADATA") == "dynamodb"
+                and "--metadata" not in self.extra_args):
+            self.extra_args += ["--metadata", dynamodb_url()]
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
