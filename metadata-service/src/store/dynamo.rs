@@ -1062,10 +1062,8 @@ impl DynamoStore {
                 self.lock_producers().remove(&commits[i].entry.tp);
             }
             if still.len() == pending.len() {
-                if let Err(e) = sent {
-                    // Nothing was written and the table cannot be reached reliably.
-                    return Err(e);
-                }
+                // Nothing was written; an error means the table cannot be reached reliably.
+                sent?;
                 // Every partition matches: an index item was in the way (or a race); retry.
                 attempt += 1;
                 if attempt > TRANSACTION_ATTEMPTS {
