@@ -6,9 +6,10 @@
 # (kcat, Python venv support, Node.js) and keeps Python packages in .venv and kafkajs in
 # tests/e2e/js/node_modules.
 #
-# A DynamoDB-compatible server (moto, scripts/moto_server.py) runs on 127.0.0.1 for the whole
-# run: the metadata conformance suite runs against it, and the produce/consume/group
-# end-to-end tests run a second time with `weir serve --metadata dynamodb://...`.
+# An S3- and DynamoDB-compatible server (moto, scripts/moto_server.py) runs on 127.0.0.1 for
+# the whole run: the metadata conformance suite and the S3 storage tests run against it, and
+# the produce/consume/group end-to-end tests run a second time with
+# `weir serve --metadata dynamodb://... --object-store s3://...`.
 #
 # Environment:
 #   WEIR_BIN        test this binary instead of target/release/weir
@@ -79,11 +80,15 @@ for _ in $(seq 1 300); do
   fi
   sleep 0.2
 done
-export WEIR_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
-export WEIR_TEST_REQUIRE_DYNAMODB=1
 # moto accepts any credentials; never let tests pick up real ones.
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
-unset AWS_PROFILE AWS_SESSION_TOKEN
+unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_ENDPOINT_URL_DYNAMODB
+export WEIR_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+export WEIR_TEST_REQUIRE_DYNAMODB=1
+export WEIR_TEST_S3_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+export WEIR_TEST_S3_BUCKET=weir-test
+export WEIR_TEST_REQUIRE_S3=1
+"$VENV/bin/python" -c "import boto3; boto3.client('s3', endpoint_url='$WEIR_TEST_S3_ENDPOINT').create_bucket(Bucket='weir-test')"
 
 # -- kafkajs -------------------------------------------------------------------------------
 log "installing kafkajs"
@@ -116,8 +121,9 @@ log "end-to-end tests against $WEIR_BIN"
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m pytest tests/e2e -v ${PYTEST_ARGS:-} </dev/null
 
-log "end-to-end produce/consume/group tests with the DynamoDB metadata backend"
+log "end-to-end produce/consume/group tests again, on the AWS backends: metadata in DynamoDB, objects in S3 (moto)"
 # shellcheck disable=SC2086
-WEIR_E2E_METADATA=dynamodb "$VENV/bin/python" -m pytest -v ${PYTEST_ARGS:-} \
+WEIR_E2E_METADATA=dynamodb WEIR_E2E_OBJECT_STORE=s3 "$VENV/bin/python" -m pytest -v ${PYTEST_ARGS:-} \
   tests/e2e/test_produce_consume.py tests/e2e/test_groups.py tests/e2e/test_idempotence.py \
-  tests/e2e/test_durability.py tests/e2e/test_list_offsets.py </dev/null
+  tests/e2e/test_durability.py tests/e2e/test_list_offsets.py tests/e2e/test_compression.py \
+  tests/e2e/test_retention.py </dev/null

@@ -491,7 +491,8 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let meta = open_metadata(&settings.metadata).await?;
-    let target = weir_storage::open_object_store(&settings.object_store)
+    let target = weir_storage::open(&settings.object_store)
+        .await
         .with_context(|| format!("opening object store {}", settings.object_store))?;
     let registry = Arc::new(Registry::default());
     let committer = Arc::new(Committer {

@@ -13,6 +13,7 @@
 
 mod local;
 pub mod object;
+pub mod s3;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -162,7 +163,16 @@ pub struct ObjectStoreTarget {
     pub local_root: Option<PathBuf>,
 }
 
-/// Builds the object store for a URL: `file:///abs/path` or `memory://`.
+/// Builds the object store for any URL: `s3://bucket[/prefix][?region=R&endpoint=URL]`
+/// ([`s3`]), `file:///abs/path` or `memory://`.
+pub async fn open(url: &str) -> Result<ObjectStoreTarget> {
+    if url.starts_with("s3://") {
+        return s3::open_s3(url).await;
+    }
+    open_object_store(url)
+}
+
+/// Builds a local object store for a URL: `file:///abs/path` or `memory://`.
 pub fn open_object_store(url: &str) -> Result<ObjectStoreTarget> {
     if let Some(path) = url.strip_prefix("file://") {
         let root = PathBuf::from(path);
@@ -184,7 +194,7 @@ pub fn open_object_store(url: &str) -> Result<ObjectStoreTarget> {
         })
     } else {
         Err(StorageError::Unavailable(format!(
-            "unsupported object store URL '{url}': use file:///path or memory://"
+            "unsupported object store URL '{url}': use s3://bucket/prefix, file:///path or memory://"
         )))
     }
 }
@@ -617,6 +627,9 @@ async fn write_object(inner: &Inner, key: &str, object: Bytes) -> Result<()> {
         .map_err(|e| StorageError::Unavailable(format!("writing object {key}: {e}")));
     }
     let path = ObjectPath::from(key);
+    if object.len() > MULTIPART_THRESHOLD {
+        return write_multipart(inner, &path, object).await;
+    }
     let mut delay = Duration::from_millis(10);
     let mut attempt = 0;
     loop {
@@ -645,6 +658,38 @@ async fn write_object(inner: &Inner, key: &str, object: Bytes) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Objects larger than this are uploaded in parts (S3 multipart upload).
+const MULTIPART_THRESHOLD: usize = 16 << 20;
+/// Part size of a multipart upload.
+const PART_BYTES: usize = 8 << 20;
+
+/// Uploads a large object in parts, a few at a time. Keys are unique (a fresh UUID per
+/// object), so no other writer can target the same key; a failed upload is aborted.
+async fn write_multipart(inner: &Inner, path: &ObjectPath, object: Bytes) -> Result<()> {
+    let upload = inner
+        .target
+        .store
+        .put_multipart(path)
+        .await
+        .map_err(|e| StorageError::Unavailable(format!("starting upload of {path}: {e}")))?;
+    let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+    let mut at = 0;
+    while at < object.len() {
+        let end = (at + PART_BYTES).min(object.len());
+        if let Err(e) = writer.wait_for_capacity(4).await {
+            let _ = writer.abort().await;
+            return Err(StorageError::Unavailable(format!("uploading {path}: {e}")));
+        }
+        writer.put(object.slice(at..end));
+        at = end;
+    }
+    writer
+        .finish()
+        .await
+        .map(|_| ())
+        .map_err(|e| StorageError::Unavailable(format!("completing upload of {path}: {e}")))
 }
 
 /// Reads an object's footer (used by tools and tests to check an object on its own).

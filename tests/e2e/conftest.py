@@ -17,8 +17,9 @@ When a test fails, the tail of every running server's log is attached to its rep
 DynamoDB: `dynamodb_endpoint()` is the DynamoDB-compatible server of the test set-up:
 WEIR_TEST_DYNAMODB_ENDPOINT when set (scripts/test.sh starts one), else a moto server this
 session starts on 127.0.0.1 (scripts/moto_server.py). With WEIR_E2E_METADATA=dynamodb every
-server gets `--metadata dynamodb://<fresh prefix>` on that endpoint, so the same tests run
-against the DynamoDB backend.
+server gets `--metadata dynamodb://<fresh prefix>` on that endpoint, and with
+WEIR_E2E_OBJECT_STORE=s3 `--object-store s3://weir-e2e/<fresh prefix>` on the same moto
+server, so the same tests run against the AWS backends.
 """
 
 from __future__ import annotations
@@ -99,6 +100,28 @@ def dynamodb_url(prefix: str | None = None) -> str:
     return f"dynamodb://{prefix}?endpoint={dynamodb_endpoint()}&region=us-east-1"
 
 
+S3_BUCKET = "weir-e2e"
+
+
+def s3_endpoint() -> str:
+    """The S3-compatible endpoint (the same moto server), with the test bucket created."""
+    endpoint = os.environ.get("WEIR_TEST_S3_ENDPOINT") or dynamodb_endpoint()
+    if _MOTO.get("bucket") != endpoint:
+        import boto3
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        try:
+            s3.create_bucket(Bucket=S3_BUCKET)
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        _MOTO["bucket"] = endpoint
+    return endpoint
+
+
+def s3_url(prefix: str | None = None) -> str:
+    prefix = prefix or f"e2e{uuid.uuid4().hex[:12]}"
+    return f"s3://{S3_BUCKET}/{prefix}?endpoint={s3_endpoint()}&region=us-east-1"
+
+
 class WeirServer:
     """One `weir serve` process, restartable on the same port and data dir."""
 
@@ -112,6 +135,9 @@ class WeirServer:
         if (os.environ.get("WEIR_E2E_METADATA") == "dynamodb"
                 and "--metadata" not in self.extra_args):
             self.extra_args += ["--metadata", dynamodb_url()]
+        if (os.environ.get("WEIR_E2E_OBJECT_STORE") == "s3"
+                and "--object-store" not in self.extra_args):
+            self.extra_args += ["--object-store", s3_url()]
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
