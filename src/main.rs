@@ -618,6 +618,7 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     tokio::spawn(signal_shutdown(shutdown.clone()));
     let mut metrics = prometheus_client::registry::Registry::default();
     meta.register_metrics(&mut metrics);
+    storage.register_metrics(&mut metrics);
     let admin_task = tokio::spawn(admin::serve_admin(
         admin_socket,
         auth,

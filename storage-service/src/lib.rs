@@ -12,8 +12,11 @@
 //! [`ObjectStorage`] (the implementation over any `object_store` backend), [`StorageConfig`].
 
 mod local;
+mod metrics;
 pub mod object;
 pub mod s3;
+
+pub use metrics::StorageMetrics;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -105,6 +108,9 @@ pub trait IndexSink: Send + Sync {
 /// The storage service's API.
 #[async_trait]
 pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Registers the service's metrics (object requests, cache hits, flushes).
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+
     /// Waits until `bytes` of buffer space are free and reserves them.
     async fn reserve(&self, bytes: usize) -> Result<Reservation>;
 
@@ -227,6 +233,7 @@ struct Inner {
     stop: CancellationToken,
     /// Aligned buffer reused by local-disk object writes (one flush at a time).
     scratch: Arc<Mutex<local::AlignedBuf>>,
+    metrics: StorageMetrics,
 }
 
 /// The storage service over an `object_store` backend.
@@ -265,12 +272,18 @@ impl ObjectStorage {
             flusher: Mutex::new(None),
             stop: CancellationToken::new(),
             scratch: Arc::new(Mutex::new(local::AlignedBuf::default())),
+            metrics: StorageMetrics::default(),
         });
         let handle = tokio::spawn(flush_loop(inner.clone()));
         if let Ok(mut slot) = inner.flusher.lock() {
             *slot = Some(handle);
         }
         ObjectStorage { inner }
+    }
+
+    /// The service's counters (object requests, cache hits, flushes).
+    pub fn metrics(&self) -> &StorageMetrics {
+        &self.inner.metrics
     }
 }
 
@@ -281,6 +294,10 @@ fn lock(inner: &Inner) -> std::sync::MutexGuard<'_, Buffer> {
 
 #[async_trait]
 impl Storage for ObjectStorage {
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.metrics.register(registry);
+    }
+
     async fn reserve(&self, bytes: usize) -> Result<Reservation> {
         let wanted = bytes.clamp(1, self.inner.config.max_buffered_bytes.max(1));
         let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
@@ -339,16 +356,23 @@ impl Storage for ObjectStorage {
         let store = self.inner.target.store.clone();
         let key = object.to_string();
         let miss = !self.inner.cache.contains_key(object);
+        self.inner.metrics.cache(miss);
+        let metrics = self.inner.metrics.clone();
         let whole = self
             .inner
             .cache
             .try_get_with(key.clone(), async move {
                 let path = ObjectPath::from(key.as_str());
+                metrics.request("get", 0);
                 match store.get(&path).await {
-                    Ok(result) => result
-                        .bytes()
-                        .await
-                        .map_err(|e| StorageError::Unavailable(e.to_string())),
+                    Ok(result) => {
+                        let bytes = result
+                            .bytes()
+                            .await
+                            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+                        metrics.request_bytes("get", bytes.len());
+                        Ok(bytes)
+                    }
                     Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound(key)),
                     Err(e) => Err(StorageError::Unavailable(e.to_string())),
                 }
@@ -375,6 +399,7 @@ impl Storage for ObjectStorage {
         for key in objects {
             self.inner.cache.invalidate(&key).await;
             let path = ObjectPath::from(key.as_str());
+            self.inner.metrics.request("delete", 0);
             match self.inner.target.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => tracing::warn!(object = %key, error = %e, "object delete failed"),
@@ -384,6 +409,7 @@ impl Storage for ObjectStorage {
 
     async fn list_objects(&self) -> Result<Vec<String>> {
         use futures::TryStreamExt;
+        self.inner.metrics.request("list", 0);
         let prefix = ObjectPath::from(DATA_PREFIX);
         let metas: Vec<_> = self
             .inner
@@ -552,6 +578,7 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
         uuid::Uuid::new_v4().simple()
     );
     let started = Instant::now();
+    inner.metrics.request("put", object.len());
     if let Err(e) = write_object(inner, &key, object.clone()).await {
         tracing::error!(object = %key, error = %e, "object write failed; failing its appends");
         fail_all(runs, &e);
@@ -570,6 +597,7 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
             producers: r.producers.clone(),
         })
         .collect();
+    let runs_len = runs.len();
     match inner.sink.commit(commits).await {
         Ok(outcomes) => {
             let any_ok = outcomes.iter().any(|o| o.is_ok());
@@ -591,6 +619,9 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
             fail_all(runs, &StorageError::Unavailable(e));
         }
     }
+    inner
+        .metrics
+        .flushed(object.len(), runs_len, written, started.elapsed());
     tracing::trace!(object = %key, bytes = object.len(), write_ms = written.as_millis() as u64,
         total_ms = started.elapsed().as_millis() as u64, "flushed");
 }

@@ -1,0 +1,119 @@
+//! The storage service's metrics: object store requests and bytes, read-cache hits and
+//! misses, flush sizes and latencies. Registered on the admin API's `/metrics`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Counters of one storage service; cheap to clone (shared cells).
+#[derive(Clone, Debug)]
+pub struct StorageMetrics {
+    requests: Family<Labels, Counter>,
+    bytes: Family<Labels, Counter>,
+    cache: Family<Labels, Counter>,
+    flush_bytes: Histogram,
+    flush_partitions: Histogram,
+    flush_write_seconds: Histogram,
+    flush_seconds: Histogram,
+}
+
+impl Default for StorageMetrics {
+    fn default() -> Self {
+        StorageMetrics {
+            requests: Family::default(),
+            bytes: Family::default(),
+            cache: Family::default(),
+            // 1 KiB .. 64 MiB
+            flush_bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 9)),
+            flush_partitions: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
+            // 0.5 ms .. ~8 s
+            flush_write_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
+            flush_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
+        }
+    }
+}
+
+impl StorageMetrics {
+    /// One object store request (`op`: put, get, delete, list), with the bytes it moved.
+    pub(crate) fn request(&self, op: &'static str, bytes: usize) {
+        self.requests.get_or_create(&vec![("op", op)]).inc();
+        self.request_bytes(op, bytes);
+    }
+
+    pub(crate) fn request_bytes(&self, op: &'static str, bytes: usize) {
+        if bytes > 0 {
+            self.bytes
+                .get_or_create(&vec![("op", op)])
+                .inc_by(bytes as u64);
+        }
+    }
+
+    /// A read of the memory tier.
+    pub(crate) fn cache(&self, miss: bool) {
+        let result = if miss { "miss" } else { "hit" };
+        self.cache
+            .get_or_create(&vec![("tier", "memory"), ("result", result)])
+            .inc();
+    }
+
+    /// A flushed object: its size, partitions, write time and write-plus-commit time.
+    pub(crate) fn flushed(
+        &self,
+        bytes: usize,
+        partitions: usize,
+        write: Duration,
+        total: Duration,
+    ) {
+        self.flush_bytes.observe(bytes as f64);
+        self.flush_partitions.observe(partitions as f64);
+        self.flush_write_seconds.observe(write.as_secs_f64());
+        self.flush_seconds.observe(total.as_secs_f64());
+    }
+
+    /// Object store requests of one kind so far.
+    pub fn requests(&self, op: &'static str) -> u64 {
+        self.requests.get_or_create(&vec![("op", op)]).get()
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "weir_storage_object_requests",
+            "Object store requests by operation (put counts objects; retries are inside)",
+            self.requests.clone(),
+        );
+        registry.register(
+            "weir_storage_object_bytes",
+            "Bytes written (put) and read (get) from the object store",
+            self.bytes.clone(),
+        );
+        registry.register(
+            "weir_storage_cache_requests",
+            "Reads of the object cache by tier and result",
+            self.cache.clone(),
+        );
+        registry.register(
+            "weir_storage_flush_bytes",
+            "Size of each flushed object",
+            self.flush_bytes.clone(),
+        );
+        registry.register(
+            "weir_storage_flush_partitions",
+            "Partitions in each flushed object",
+            self.flush_partitions.clone(),
+        );
+        registry.register(
+            "weir_storage_flush_write_seconds",
+            "Time to write each flushed object",
+            self.flush_write_seconds.clone(),
+        );
+        registry.register(
+            "weir_storage_flush_seconds",
+            "Time to write and commit each flushed object",
+            self.flush_seconds.clone(),
+        );
+    }
+}
