@@ -20,6 +20,7 @@ pub use metrics::StorageMetrics;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use std::collections::BTreeMap;
@@ -353,10 +354,20 @@ impl Storage for ObjectStorage {
     }
 
     async fn read(&self, object: &str, position: u64, length: u32) -> Result<Bytes> {
+        let start =
+            usize::try_from(position).map_err(|_| StorageError::Corrupt("position".into()))?;
+        let end = start.saturating_add(length as usize);
+        if let Some(whole) = self.inner.cache.get(object).await {
+            self.inner.metrics.cache(false);
+            return slice_of(object, &whole, start, end);
+        }
+        if self.inner.target.local_root.is_none() {
+            // A remote store: ranged GETs of aligned chunks, with read-ahead.
+            return read_chunks(&self.inner, object, start, end).await;
+        }
+        self.inner.metrics.cache(true);
         let store = self.inner.target.store.clone();
         let key = object.to_string();
-        let miss = !self.inner.cache.contains_key(object);
-        self.inner.metrics.cache(miss);
         let metrics = self.inner.metrics.clone();
         let whole = self
             .inner
@@ -379,20 +390,9 @@ impl Storage for ObjectStorage {
             })
             .await
             .map_err(|e| (*e).clone())?;
-        if miss {
-            // Keep the cache within its byte bound (moka evicts lazily).
-            self.inner.cache.run_pending_tasks().await;
-        }
-        let start =
-            usize::try_from(position).map_err(|_| StorageError::Corrupt("position".into()))?;
-        let end = start.saturating_add(length as usize);
-        if end > whole.len() {
-            return Err(StorageError::Corrupt(format!(
-                "range {start}..{end} beyond object '{object}' of {} bytes",
-                whole.len()
-            )));
-        }
-        Ok(whole.slice(start..end))
+        // Keep the cache within its byte bound (moka evicts lazily).
+        self.inner.cache.run_pending_tasks().await;
+        slice_of(object, &whole, start, end)
     }
 
     async fn delete_objects(&self, objects: Vec<String>) {
@@ -408,7 +408,6 @@ impl Storage for ObjectStorage {
     }
 
     async fn list_objects(&self) -> Result<Vec<String>> {
-        use futures::TryStreamExt;
         self.inner.metrics.request("list", 0);
         let prefix = ObjectPath::from(DATA_PREFIX);
         let metas: Vec<_> = self
@@ -689,6 +688,105 @@ async fn write_object(inner: &Inner, key: &str, object: Bytes) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn slice_of(object: &str, whole: &Bytes, start: usize, end: usize) -> Result<Bytes> {
+    if end > whole.len() {
+        return Err(StorageError::Corrupt(format!(
+            "range {start}..{end} beyond object '{object}' of {} bytes",
+            whole.len()
+        )));
+    }
+    Ok(whole.slice(start..end))
+}
+
+/// Ranged reads of remote objects are made of aligned chunks of this size.
+const READ_CHUNK: usize = 1 << 20;
+/// Chunks fetched ahead of a read, in the background, for the next sequential read.
+const READ_AHEAD_CHUNKS: usize = 4;
+
+fn chunk_key(object: &str, chunk: usize) -> String {
+    format!("{object}#{chunk}")
+}
+
+/// Fetches one aligned chunk of a remote object into the cache (shared by concurrent
+/// readers). The last chunk of an object is shorter; a chunk past the end is an error.
+async fn fetch_chunk(inner: &Inner, object: &str, chunk: usize) -> Result<Bytes> {
+    let store = inner.target.store.clone();
+    let metrics = inner.metrics.clone();
+    let key = object.to_string();
+    let miss = !inner.cache.contains_key(&chunk_key(object, chunk));
+    inner.metrics.cache(miss);
+    let bytes = inner
+        .cache
+        .try_get_with(chunk_key(object, chunk), async move {
+            let path = ObjectPath::from(key.as_str());
+            let from = (chunk * READ_CHUNK) as u64;
+            let range = from..from + READ_CHUNK as u64;
+            metrics.request("get", 0);
+            match store.get_range(&path, range).await {
+                Ok(bytes) => {
+                    metrics.request_bytes("get", bytes.len());
+                    Ok(bytes)
+                }
+                Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound(key)),
+                Err(e) => Err(StorageError::Unavailable(e.to_string())),
+            }
+        })
+        .await
+        .map_err(|e| (*e).clone())?;
+    if miss {
+        inner.cache.run_pending_tasks().await;
+    }
+    Ok(bytes)
+}
+
+/// Reads `start..end` of a remote object from its chunks (fetched concurrently), then
+/// starts fetching the next chunks for a reader that goes on sequentially.
+async fn read_chunks(inner: &Arc<Inner>, object: &str, start: usize, end: usize) -> Result<Bytes> {
+    if start >= end {
+        return Ok(Bytes::new());
+    }
+    let first = start / READ_CHUNK;
+    let last = (end - 1) / READ_CHUNK;
+    let chunks: Vec<Bytes> = futures::stream::iter(first..=last)
+        .map(|c| fetch_chunk(inner, object, c))
+        .buffered(8)
+        .try_collect()
+        .await?;
+    let mut out = BytesMut::with_capacity(end - start);
+    for (i, chunk) in chunks.iter().enumerate() {
+        let chunk_start = (first + i) * READ_CHUNK;
+        let from = start.max(chunk_start) - chunk_start;
+        let to = (end.min(chunk_start + READ_CHUNK) - chunk_start).min(chunk.len());
+        if from > to {
+            break;
+        }
+        out.extend_from_slice(&chunk[from..to]);
+    }
+    if out.len() != end - start {
+        return Err(StorageError::Corrupt(format!(
+            "range {start}..{end} beyond object '{object}'"
+        )));
+    }
+    // Read-ahead: only while the object goes on (the last chunk read was full).
+    if chunks.last().is_some_and(|c| c.len() == READ_CHUNK) {
+        let inner = inner.clone();
+        let object = object.to_string();
+        tokio::spawn(async move {
+            for c in last + 1..=last + READ_AHEAD_CHUNKS {
+                if inner.cache.contains_key(&chunk_key(&object, c)) {
+                    continue;
+                }
+                match fetch_chunk(&inner, &object, c).await {
+                    Ok(b) if b.len() == READ_CHUNK => {}
+                    // The end of the object, or an error a real read will report.
+                    _ => break,
+                }
+            }
+        });
+    }
+    Ok(out.freeze())
 }
 
 /// Objects larger than this are uploaded in parts (S3 multipart upload).

@@ -79,6 +79,13 @@ impl StorageMetrics {
         self.requests.get_or_create(&vec![("op", op)]).get()
     }
 
+    /// Reads served from the memory tier so far.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache
+            .get_or_create(&vec![("tier", "memory"), ("result", "hit")])
+            .get()
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "weir_storage_object_requests",

@@ -342,5 +342,41 @@ async fn s3_objects_round_trip_including_multipart() -> anyhow::Result<()> {
         }
     }
     storage.shutdown().await;
+
+    // A cold reader (empty cache) reads ranges with ranged GETs of 1 MiB chunks, not the
+    // whole 20 MiB object; ranges straddle chunk boundaries.
+    let cold = ObjectStorage::start(target, config(), Arc::new(RecordingSink::default()));
+    let c = &commits[1];
+    let at = c.entry.position + (1 << 20) - 10;
+    let bytes = cold.read(&c.entry.object, at, 2 << 20).await?;
+    assert_eq!(bytes.len(), 2 << 20);
+    assert!(bytes[..10].iter().all(|b| *b == 1));
+    assert!(bytes[10..(1 << 20) + 10].iter().all(|b| *b == 5));
+    assert!(bytes[(1 << 20) + 10..].iter().all(|b| *b == 9));
+    let gets = cold.metrics().requests("get");
+    assert!((2..=3 + 4).contains(&gets), "{gets} GETs");
+    // The chunks read ahead serve the next sequential read from memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hits = cold.metrics().cache_hits();
+    let next = cold.read(&c.entry.object, at + (2 << 20), 1 << 20).await?;
+    assert!(next.iter().all(|b| *b == 9 || *b == 13));
+    // Both chunks it spans were in memory (its own read-ahead only adds misses).
+    assert_eq!(cold.metrics().cache_hits() - hits, 2);
+    // The whole partition, read cold, is intact.
+    let cold2 = ObjectStorage::start(
+        cold_target(&cold),
+        config(),
+        Arc::new(RecordingSink::default()),
+    );
+    let all = cold2
+        .read(&c.entry.object, c.entry.position, c.entry.length)
+        .await?;
+    for (k, chunk) in all.chunks(1 << 20).enumerate() {
+        assert!(chunk.iter().all(|b| usize::from(*b) == 1 + 4 * k));
+    }
     Ok(())
+}
+
+fn cold_target(storage: &ObjectStorage) -> ObjectStoreTarget {
+    storage.inner.target.clone()
 }
