@@ -141,6 +141,10 @@ struct ServeArgs {
     /// Bytes of recently written or read objects kept in memory [default: 33554432].
     #[arg(long, env = "WEIR_CACHE_BYTES")]
     cache_bytes: Option<u64>,
+    /// Bytes of object chunks kept on local disk (in <data-dir>/cache) when the object store
+    /// is remote (s3://); 0 turns the disk tier off [default: 1073741824].
+    #[arg(long, env = "WEIR_DISK_CACHE_BYTES")]
+    disk_cache_bytes: Option<u64>,
     /// Create unknown topics when a client asks for them (off by default).
     #[arg(long, env = "WEIR_AUTO_CREATE_TOPICS", num_args = 0..=1, default_missing_value = "true")]
     auto_create_topics: Option<bool>,
@@ -228,6 +232,7 @@ struct FileSettings {
     flush_interval_ms: Option<u64>,
     max_buffered_bytes: Option<usize>,
     cache_bytes: Option<u64>,
+    disk_cache_bytes: Option<u64>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
     max_request_bytes: Option<usize>,
@@ -315,6 +320,14 @@ impl ServeArgs {
                 .cache_bytes
                 .or(file.cache_bytes)
                 .unwrap_or(defaults.cache_bytes),
+            disk_cache: match self
+                .disk_cache_bytes
+                .or(file.disk_cache_bytes)
+                .unwrap_or(1 << 30)
+            {
+                0 => None,
+                bytes => Some((data_dir.join("cache"), bytes)),
+            },
             ..defaults
         };
         let max_request_bytes = self

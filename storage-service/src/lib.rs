@@ -11,6 +11,7 @@
 //! Main types: [`Storage`] (the API the gateway uses, in-process now, QUIC later),
 //! [`ObjectStorage`] (the implementation over any `object_store` backend), [`StorageConfig`].
 
+mod disk_cache;
 mod local;
 mod metrics;
 pub mod object;
@@ -149,6 +150,9 @@ pub struct StorageConfig {
     pub cache_bytes: u64,
     /// Attempts per object write before the appends fail.
     pub write_attempts: u32,
+    /// The local-disk read cache of a remote object store: directory and byte bound
+    /// (None: no disk tier; unused for local-disk object stores).
+    pub disk_cache: Option<(PathBuf, u64)>,
 }
 
 impl Default for StorageConfig {
@@ -159,6 +163,7 @@ impl Default for StorageConfig {
             max_buffered_bytes: 32 << 20,
             cache_bytes: 32 << 20,
             write_attempts: 5,
+            disk_cache: None,
         }
     }
 }
@@ -235,6 +240,7 @@ struct Inner {
     /// Aligned buffer reused by local-disk object writes (one flush at a time).
     scratch: Arc<Mutex<local::AlignedBuf>>,
     metrics: StorageMetrics,
+    disk: Option<disk_cache::DiskCache>,
 }
 
 /// The storage service over an `object_store` backend.
@@ -262,7 +268,18 @@ impl ObjectStorage {
             .weigher(|_k: &String, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
             .max_capacity(config.cache_bytes)
             .build();
+        let disk = match (&config.disk_cache, &target.local_root) {
+            (Some((dir, bytes)), None) => match disk_cache::DiskCache::open(dir, *bytes) {
+                Ok(cache) => Some(cache),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "no disk cache");
+                    None
+                }
+            },
+            _ => None,
+        };
         let inner = Arc::new(Inner {
+            disk,
             space: Arc::new(Semaphore::new(config.max_buffered_bytes.max(1))),
             target,
             config,
@@ -584,6 +601,14 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
         return;
     }
     let written = started.elapsed();
+    if let Some(disk) = &inner.disk {
+        // The tail on local disk too: once the object leaves memory, its chunks are read
+        // from disk, not fetched again.
+        for (i, at) in (0..object.len()).step_by(READ_CHUNK).enumerate() {
+            let end = (at + READ_CHUNK).min(object.len());
+            disk.put(chunk_key(&key, i), object.slice(at..end));
+        }
+    }
     inner.cache.insert(key.clone(), object.clone()).await;
     // moka evicts lazily; without this the cache holds well past its byte bound between
     // operations (measured: ~150 MB over a 64 MB bound after a produce run).
@@ -717,9 +742,17 @@ async fn fetch_chunk(inner: &Inner, object: &str, chunk: usize) -> Result<Bytes>
     let key = object.to_string();
     let miss = !inner.cache.contains_key(&chunk_key(object, chunk));
     inner.metrics.cache(miss);
+    let disk = inner.disk.clone();
     let bytes = inner
         .cache
         .try_get_with(chunk_key(object, chunk), async move {
+            if let Some(disk) = &disk {
+                let hit = disk.get(&chunk_key(&key, chunk)).await;
+                metrics.disk_cache(hit.is_some());
+                if let Some(bytes) = hit {
+                    return Ok(bytes);
+                }
+            }
             let path = ObjectPath::from(key.as_str());
             let from = (chunk * READ_CHUNK) as u64;
             let range = from..from + READ_CHUNK as u64;
@@ -727,6 +760,9 @@ async fn fetch_chunk(inner: &Inner, object: &str, chunk: usize) -> Result<Bytes>
             match store.get_range(&path, range).await {
                 Ok(bytes) => {
                     metrics.request_bytes("get", bytes.len());
+                    if let Some(disk) = &disk {
+                        disk.put(chunk_key(&key, chunk), bytes.clone());
+                    }
                     Ok(bytes)
                 }
                 Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound(key)),

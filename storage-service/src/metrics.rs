@@ -60,6 +60,21 @@ impl StorageMetrics {
             .inc();
     }
 
+    /// A read of the disk tier.
+    pub(crate) fn disk_cache(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache
+            .get_or_create(&vec![("tier", "disk"), ("result", result)])
+            .inc();
+    }
+
+    /// Reads served from the disk tier so far.
+    pub fn disk_hits(&self) -> u64 {
+        self.cache
+            .get_or_create(&vec![("tier", "disk"), ("result", "hit")])
+            .get()
+    }
+
     /// A flushed object: its size, partitions, write time and write-plus-commit time.
     pub(crate) fn flushed(
         &self,

@@ -380,3 +380,83 @@ async fn s3_objects_round_trip_including_multipart() -> anyhow::Result<()> {
 fn cold_target(storage: &ObjectStorage) -> ObjectStoreTarget {
     storage.inner.target.clone()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_reads_fall_back_to_the_disk_tier() -> anyhow::Result<()> {
+    let Some(target) = s3_target("disk").await? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let cfg = StorageConfig {
+        // A memory tier too small to hold the object: reads go to disk, then to S3.
+        cache_bytes: 1 << 20,
+        disk_cache: Some((dir.path().join("cache"), 64 << 20)),
+        flush_bytes: 16 << 20,
+        max_buffered_bytes: 32 << 20,
+        ..config()
+    };
+    let sink = Arc::new(RecordingSink::default());
+    let storage = ObjectStorage::start(target.clone(), cfg.clone(), sink.clone());
+    let mut tickets = Vec::new();
+    for i in 0..6i64 {
+        let mut b = batch(0, i * 10, 10, i as u8);
+        b.data = Bytes::from(vec![i as u8; 1 << 20]);
+        let r = storage.reserve(b.data.len()).await?;
+        tickets.push(storage.submit(b, r)?);
+    }
+    for t in tickets {
+        t.await??;
+    }
+    let commit = sink
+        .commits
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .concat()
+        .remove(0);
+    // Give the background disk writes a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gets = storage.metrics().requests("get");
+    let bytes = storage
+        .read(
+            &commit.entry.object,
+            commit.entry.position,
+            commit.entry.length,
+        )
+        .await?;
+    assert_eq!(bytes.len(), 6 << 20);
+    for (k, chunk) in bytes.chunks(1 << 20).enumerate() {
+        assert!(chunk.iter().all(|b| usize::from(*b) == k));
+    }
+    // Written chunks were kept on disk: no GET was needed.
+    assert_eq!(storage.metrics().requests("get"), gets);
+    assert!(storage.metrics().disk_hits() >= 6);
+    storage.shutdown().await;
+    // A restarted service starts with an empty disk tier (nothing stale), fetches from S3
+    // and then serves from disk.
+    let again = ObjectStorage::start(target, cfg, Arc::new(RecordingSink::default()));
+    let first = again
+        .read(
+            &commit.entry.object,
+            commit.entry.position,
+            commit.entry.length,
+        )
+        .await?;
+    assert_eq!(first, bytes);
+    assert!(again.metrics().requests("get") >= 6);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gets = again.metrics().requests("get");
+    let second = again
+        .read(
+            &commit.entry.object,
+            commit.entry.position,
+            commit.entry.length,
+        )
+        .await?;
+    assert_eq!(second, bytes);
+    assert!(
+        again.metrics().requests("get") <= gets + 4,
+        "only read-ahead may fetch"
+    );
+    assert!(again.metrics().disk_hits() >= 4);
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! The local-disk tier of the read cache, for remote object stores: chunks of objects in
+//! files under one directory, bounded by bytes, least recently used evicted (the file is
+//! deleted). It starts empty: the directory is cleared when the service starts, so a file
+//! on disk is always one this process wrote whole.
+
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The disk tier. Cheap to clone.
+#[derive(Clone)]
+pub struct DiskCache {
+    dir: Arc<PathBuf>,
+    /// Chunk key -> its size; evicting an entry deletes its file.
+    index: moka::future::Cache<String, u32>,
+}
+
+impl std::fmt::Debug for DiskCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskCache")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn file_name(key: &str) -> String {
+    // Keys are object keys plus '#<chunk>': make them flat, safe file names.
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl DiskCache {
+    /// A cache of at most `bytes` in `dir` (created, and emptied of earlier contents).
+    pub fn open(dir: &Path, bytes: u64) -> std::io::Result<Self> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(dir)?;
+        let dir = Arc::new(dir.to_path_buf());
+        let evict_dir = dir.clone();
+        let index = moka::future::Cache::builder()
+            .weigher(|_k: &String, size: &u32| *size)
+            .max_capacity(bytes)
+            .eviction_listener(move |key: Arc<String>, _size, _cause| {
+                let _ = std::fs::remove_file(evict_dir.join(file_name(&key)));
+            })
+            .build();
+        Ok(DiskCache { dir, index })
+    }
+
+    /// The cached chunk, if it is on disk.
+    pub async fn get(&self, key: &str) -> Option<Bytes> {
+        self.index.get(key).await?;
+        match tokio::fs::read(self.dir.join(file_name(key))).await {
+            Ok(data) => Some(Bytes::from(data)),
+            Err(_) => {
+                self.index.invalidate(key).await;
+                None
+            }
+        }
+    }
+
+    /// Stores a chunk (in the background; a failed write only means a later miss).
+    pub fn put(&self, key: String, data: Bytes) {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let Ok(size) = u32::try_from(data.len()) else {
+                return;
+            };
+            let path = cache.dir.join(file_name(&key));
+            let tmp = cache.dir.join(format!("{}.tmp", file_name(&key)));
+            let written = async {
+                tokio::fs::write(&tmp, &data).await?;
+                tokio::fs::rename(&tmp, &path).await
+            }
+            .await;
+            match written {
+                Ok(()) => {
+                    cache.index.insert(key, size).await;
+                    cache.index.run_pending_tasks().await;
+                }
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    tracing::debug!(error = %e, "disk cache write failed");
+                }
+            }
+        });
+    }
+}
