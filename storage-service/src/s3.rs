@@ -135,14 +135,15 @@ pub async fn open_s3(url: &str) -> Result<ObjectStoreTarget> {
             .filter(|e| !e.is_empty())
     });
 
-    let mut retry = RetryConfig::default();
-    retry.max_retries = 10;
-    retry.retry_timeout = Duration::from_secs(120);
-    let mut backoff = BackoffConfig::default();
-    backoff.init_backoff = Duration::from_millis(50);
-    backoff.max_backoff = Duration::from_secs(5);
-    backoff.base = 2.0;
-    retry.backoff = backoff;
+    let retry = RetryConfig {
+        max_retries: 10,
+        retry_timeout: Duration::from_secs(120),
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
+    };
 
     let mut builder = AmazonS3Builder::new()
         .with_bucket_name(&location.bucket)
