@@ -37,6 +37,10 @@ pub struct MetadataArgs {
     /// Log format on stderr.
     #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: crate::LogFormat,
+    /// Listen on a non-loopback address although clients are not authenticated (TLS only
+    /// proves the server to them): only on a private network that nothing else reaches.
+    #[arg(long, env = "WEIR_METADATA_ALLOW_REMOTE")]
+    allow_remote: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,6 +96,13 @@ async fn init(url: &str) -> Result<()> {
 }
 
 async fn serve(args: MetadataArgs) -> Result<()> {
+    if !args.listen.ip().is_loopback() && !args.allow_remote {
+        anyhow::bail!(
+            "the metadata service does not authenticate its clients; listening on {} (not \
+             loopback) needs --allow-remote, and a network only Weir's processes reach",
+            args.listen
+        );
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let backend = args

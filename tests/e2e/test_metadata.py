@@ -308,3 +308,11 @@ def test_unreachable_metadata_is_a_clear_error(tmp_path):
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert r.returncode != 0
     assert "metadata" in r.stderr.lower()
+
+
+def test_metadata_service_refuses_unauthenticated_remote_listen(tmp_path):
+    r = subprocess.run([str(weir_bin()), "metadata", "--listen", f"0.0.0.0:{free_port()}",
+                        "--data-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0
+    assert "--allow-remote" in r.stderr
