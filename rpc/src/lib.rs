@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The largest request or response, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// Errors of the transport.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum RpcError {
 
 fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(1024u32.into())
+    t.max_concurrent_bidi_streams(256u32.into())
         .max_concurrent_uni_streams(0u32.into())
         .keep_alive_interval(Some(Duration::from_secs(2)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
