@@ -7,12 +7,18 @@ use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Chunk writes in flight at most (32 MiB of 1 MiB chunks).
+const MAX_WRITES_IN_FLIGHT: usize = 32;
+
 /// The disk tier. Cheap to clone.
 #[derive(Clone)]
 pub struct DiskCache {
     dir: Arc<PathBuf>,
     /// Chunk key -> its size; evicting an entry deletes its file.
     index: moka::future::Cache<String, u32>,
+    /// Bounds the writes in flight (each holds its chunk in memory); beyond it, chunks are
+    /// not cached rather than queued.
+    writes: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for DiskCache {
@@ -52,7 +58,11 @@ impl DiskCache {
                 let _ = std::fs::remove_file(evict_dir.join(file_name(&key)));
             })
             .build();
-        Ok(DiskCache { dir, index })
+        Ok(DiskCache {
+            dir,
+            index,
+            writes: Arc::new(tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT)),
+        })
     }
 
     /// The cached chunk, if it is on disk.
@@ -67,10 +77,14 @@ impl DiskCache {
         }
     }
 
-    /// Stores a chunk (in the background; a failed write only means a later miss).
+    /// Stores a chunk (in the background; a failed or skipped write only means a later miss).
     pub fn put(&self, key: String, data: Bytes) {
+        let Ok(permit) = self.writes.clone().try_acquire_owned() else {
+            return;
+        };
         let cache = self.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let Ok(size) = u32::try_from(data.len()) else {
                 return;
             };
