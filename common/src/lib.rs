@@ -117,6 +117,29 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// Reads the `key=value&...` query of a backend URL (`dynamodb://`, `s3://`, `quic://`):
+/// one value per known key, in `known` order. An unknown key, a pair without `=` or an
+/// empty value is an error naming what is accepted.
+pub fn url_params(query: &str, known: &[&str]) -> Result<Vec<Option<String>>, String> {
+    let mut values = vec![None; known.len()];
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let slot = pair
+            .split_once('=')
+            .filter(|(_, v)| !v.is_empty())
+            .and_then(|(k, v)| known.iter().position(|n| *n == k).map(|i| (i, v)));
+        match slot {
+            Some((i, v)) => values[i] = Some(v.to_string()),
+            None => {
+                return Err(format!(
+                    "unknown parameter '{pair}' (known: {})",
+                    known.join(", ")
+                ))
+            }
+        }
+    }
+    Ok(values)
+}
+
 /// Milliseconds since the Unix epoch, the unit Kafka timestamps use.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

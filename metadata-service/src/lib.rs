@@ -65,19 +65,10 @@ pub async fn open(url: &str, create_tables: bool) -> Result<std::sync::Arc<dyn M
     if let Some(rest) = url.strip_prefix("quic://") {
         let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
         let authority = authority.trim_end_matches('/');
-        let mut ca = None;
-        let mut name = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("ca", v)) if !v.is_empty() => ca = Some(v.to_string()),
-                Some(("name", v)) if !v.is_empty() => name = Some(v.to_string()),
-                _ => {
-                    return Err(MetadataError::Invalid(format!(
-                        "'{url}': unknown parameter '{pair}' (known: ca, name)"
-                    )))
-                }
-            }
-        }
+        let mut params = weir_common::url_params(query, &["ca", "name"])
+            .map_err(|e| MetadataError::Invalid(format!("'{url}': {e}")))?
+            .into_iter();
+        let (ca, name) = (params.next().flatten(), params.next().flatten());
         let ca = ca.ok_or_else(|| {
             MetadataError::Invalid(format!(
                 "'{url}': add ?ca=<path to the metadata service's CA certificate> (weir metadata prints it)"

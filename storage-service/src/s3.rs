@@ -48,23 +48,15 @@ impl S3Location {
                 "the bucket name must be 3-63 characters of a-z, 0-9, '-' and '.'",
             ));
         }
-        let mut location = S3Location {
+        let mut params = weir_common::url_params(query, &["region", "endpoint"])
+            .map_err(|e| invalid(&e))?
+            .into_iter();
+        Ok(S3Location {
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
-            ..Default::default()
-        };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("region", v)) if !v.is_empty() => location.region = Some(v.to_string()),
-                Some(("endpoint", v)) if !v.is_empty() => location.endpoint = Some(v.to_string()),
-                _ => {
-                    return Err(invalid(&format!(
-                        "unknown parameter '{pair}' (known: region, endpoint)"
-                    )))
-                }
-            }
-        }
-        Ok(location)
+            region: params.next().flatten(),
+            endpoint: params.next().flatten(),
+        })
     }
 }
 

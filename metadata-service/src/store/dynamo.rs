@@ -41,7 +41,7 @@ use crate::{
     Result, RetentionLimits, TopicRecord, Truncation, PRODUCER_BATCHES_KEPT,
 };
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, Delete, DeleteRequest, KeySchemaElement,
@@ -100,22 +100,14 @@ impl DynamoOptions {
                 "'{url}': the table prefix must be 1-200 characters of a-z, A-Z, 0-9, '_', '-', '.'"
             )));
         }
-        let mut options = DynamoOptions {
+        let mut params = weir_common::url_params(query, &["region", "endpoint"])
+            .map_err(|e| MetadataError::Invalid(format!("'{url}': {e}")))?
+            .into_iter();
+        Ok(DynamoOptions {
             table_prefix: prefix.to_string(),
-            ..Default::default()
-        };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("region", v)) if !v.is_empty() => options.region = Some(v.to_string()),
-                Some(("endpoint", v)) if !v.is_empty() => options.endpoint = Some(v.to_string()),
-                _ => {
-                    return Err(MetadataError::Invalid(format!(
-                        "'{url}': unknown parameter '{pair}' (known: region, endpoint)"
-                    )))
-                }
-            }
-        }
-        Ok(options)
+            region: params.next().flatten(),
+            endpoint: params.next().flatten(),
+        })
     }
 }
 
@@ -179,6 +171,16 @@ where
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     MetadataError::Backend(format!("DynamoDB: {}", DisplayErrorContext(&e)))
+}
+
+/// Whether a request failed only because its condition did not hold.
+fn condition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    e.as_service_error().and_then(|se| se.code()) == Some("ConditionalCheckFailedException")
+}
+
+/// A value as the JSON text stored in a `doc` attribute.
+fn encode_text<T: serde::Serialize>(value: &T) -> Result<String> {
+    String::from_utf8(encode(value)?).map_err(|e| MetadataError::Corrupt(e.to_string()))
 }
 
 fn build<T>(r: std::result::Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T> {
@@ -610,8 +612,7 @@ impl DynamoStore {
                     .collect::<Result<Vec<_>>>()?;
                 self.batch_write(&self.meta, puts).await?;
             }
-            let doc = String::from_utf8(encode(&record)?)
-                .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
+            let doc = encode_text(&record)?;
             let result = self
                 .client
                 .update_item()
@@ -625,10 +626,7 @@ impl DynamoStore {
                 .await;
             match result {
                 Ok(_) => return Ok(record),
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-                {
+                Err(e) if condition_failed(&e) => {
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(e) => return Err(sdk(e)),
@@ -842,12 +840,7 @@ impl DynamoStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
+            Err(e) if condition_failed(&e) => Ok(false),
             Err(e) => Err(sdk(e)),
         }
     }
@@ -918,12 +911,7 @@ impl DynamoStore {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
+            Err(e) if condition_failed(&e) => Ok(()),
             Err(e) => Err(sdk(e)),
         }
     }
@@ -986,8 +974,7 @@ impl DynamoStore {
                             doc.remove(id);
                         }
                     }
-                    let json = String::from_utf8(encode(&doc)?)
-                        .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
+                    let json = encode_text(&doc)?;
                     let mut item = key(producers_pk(e.tp.topic_id), part_sk(e.tp.partition));
                     item.insert("doc".into(), s(json));
                     ops.push(transact_put(
@@ -1133,10 +1120,7 @@ impl MetadataStore for DynamoStore {
                     .send()
                     .await;
                 if let Err(e) = result {
-                    if !e
-                        .as_service_error()
-                        .is_some_and(|se| se.is_conditional_check_failed_exception())
-                    {
+                    if !condition_failed(&e) {
                         return Err(sdk(e));
                     }
                 }
@@ -1177,8 +1161,7 @@ impl MetadataStore for DynamoStore {
             .map(|p| put_request(partition_item(record.id, &PartitionState::empty(p))))
             .collect::<Result<Vec<_>>>()?;
         self.batch_write(&self.meta, puts).await?;
-        let doc = String::from_utf8(encode(&record)?)
-            .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
+        let doc = encode_text(&record)?;
         let mut item = key("topic", s(name));
         item.insert("doc".into(), s(doc));
         item.insert("id".into(), s(record.id.to_string()));
@@ -1192,10 +1175,7 @@ impl MetadataStore for DynamoStore {
             .await;
         match result {
             Ok(_) => Ok(record),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
+            Err(e) if condition_failed(&e) => {
                 let deletes = (0..partitions)
                     .map(|p| delete_request(key(part_pk(record.id), part_sk(p))))
                     .collect::<Result<Vec<_>>>()?;
@@ -1223,9 +1203,7 @@ impl MetadataStore for DynamoStore {
             .send()
             .await;
         if let Err(e) = result {
-            if e.as_service_error()
-                .is_some_and(|se| se.is_conditional_check_failed_exception())
-            {
+            if condition_failed(&e) {
                 return Err(MetadataError::UnknownTopic(name.to_string()));
             }
             return Err(sdk(e));
@@ -1587,8 +1565,7 @@ impl MetadataStore for DynamoStore {
             let mut ops = Vec::with_capacity(chunk.len() + 1);
             for o in chunk {
                 let mut item = key(pk.clone(), s(offset_sk(&o.topic, o.partition)));
-                let doc = String::from_utf8(encode(o)?)
-                    .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
+                let doc = encode_text(o)?;
                 item.insert("doc".into(), s(doc));
                 ops.push(transact_put(
                     Put::builder()
@@ -1700,10 +1677,7 @@ impl MetadataStore for DynamoStore {
         }
         match put.send().await {
             Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
+            Err(e) if condition_failed(&e) => {
                 Err(MetadataError::RecordExists(format!("{namespace}/{key_}")))
             }
             Err(e) => Err(sdk(e)),
