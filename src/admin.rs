@@ -295,6 +295,42 @@ pub async fn serve_admin(
     }
 }
 
+/// Serves only `/metrics` (no token: bind it to loopback or a private network) on
+/// `listener` until `shutdown`; used by processes without the admin API (`weir storage`).
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: Arc<prometheus_client::registry::Registry>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &registry) {
+                    return ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        .into_response();
+                }
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    body,
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "metrics endpoint stopped");
+    }
+}
+
 /// Checks the admin listen address against the token rule.
 pub fn check_admin_bind(addr: SocketAddr, token: Option<&str>) -> Result<()> {
     if !addr.ip().is_loopback() && token.is_none_or(str::is_empty) {

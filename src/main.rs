@@ -2,6 +2,7 @@
 
 mod admin;
 mod metadata_cmd;
+mod storage_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -45,6 +46,10 @@ enum Command {
     /// over QUIC to other weir processes (`--metadata quic://...`); `weir metadata init`
     /// creates a backend's tables.
     Metadata(metadata_cmd::MetadataArgs),
+    /// Run a storage node as its own process: writes objects for gateways (`weir serve
+    /// --storage quic://...`), commits them to the shared metadata store and serves reads
+    /// through its memory and disk caches, over QUIC.
+    Storage(Box<storage_cmd::StorageArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -123,6 +128,11 @@ struct ServeArgs {
     /// Object store URL: file:///path or memory:// [default: file://<data-dir>/objects].
     #[arg(long, env = "WEIR_OBJECT_STORE")]
     object_store: Option<String>,
+    /// Storage nodes to use instead of the in-process storage service:
+    /// quic://host:port[,host:port...]?ca=PATH (`weir storage` processes; they own the
+    /// object store, and --object-store is then unused) [default: in-process].
+    #[arg(long, env = "WEIR_STORAGE")]
+    storage: Option<String>,
     /// Metadata store URL: embedded://path, dynamodb://table-prefix[?region=R&endpoint=URL]
     /// (tables created if missing) or quic://host:port?ca=PATH (a `weir metadata` service)
     /// [default: embedded://<data-dir>/metadata].
@@ -227,6 +237,7 @@ struct FileSettings {
     advertise: Option<String>,
     data_dir: Option<PathBuf>,
     object_store: Option<String>,
+    storage: Option<String>,
     metadata: Option<String>,
     flush_bytes: Option<usize>,
     flush_interval_ms: Option<u64>,
@@ -260,6 +271,8 @@ struct ServeSettings {
     listeners: Vec<ListenerSpec>,
     data_dir: PathBuf,
     object_store: String,
+    /// Remote storage nodes (None: the storage service runs in this process).
+    storage_nodes: Option<String>,
     metadata: String,
     storage: StorageConfig,
     auto_create_topics: bool,
@@ -418,6 +431,7 @@ impl ServeArgs {
             object_store: self.object_store.or(file.object_store).unwrap_or_else(|| {
                 format!("file://{}", absolute(&data_dir.join("objects")).display())
             }),
+            storage_nodes: self.storage.or(file.storage),
             metadata: self
                 .metadata
                 .or(file.metadata)
@@ -504,19 +518,37 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let meta = open_metadata(&settings.metadata).await?;
-    let target = weir_storage::open(&settings.object_store)
-        .await
-        .with_context(|| format!("opening object store {}", settings.object_store))?;
     let registry = Arc::new(Registry::default());
     let committer = Arc::new(Committer {
         meta: meta.clone(),
         registry: registry.clone(),
     });
-    let storage = Arc::new(ObjectStorage::start(
-        target,
-        settings.storage.clone(),
-        committer,
-    ));
+    let storage: Arc<dyn Storage> = match &settings.storage_nodes {
+        Some(url) => {
+            if settings.metadata.starts_with("embedded://") {
+                bail!(
+                    "--storage {url} needs a metadata store the storage nodes share: \
+                     --metadata dynamodb://... or quic://... (a `weir metadata` service)"
+                );
+            }
+            let options = weir_storage::remote::RemoteOptions::parse(url).await?;
+            Arc::new(weir_storage::remote::RemoteStorage::connect(
+                &options,
+                committer,
+                settings.storage.max_buffered_bytes,
+            )?)
+        }
+        None => {
+            let target = weir_storage::open(&settings.object_store)
+                .await
+                .with_context(|| format!("opening object store {}", settings.object_store))?;
+            Arc::new(ObjectStorage::start(
+                target,
+                settings.storage.clone(),
+                committer,
+            ))
+        }
+    };
     // Bind every listener first, so a port in use fails fast.
     let mut bound = Vec::new();
     for spec in &settings.listeners {
@@ -618,11 +650,10 @@ async fn serve(settings: ServeSettings) -> Result<()> {
         }
     };
     let admin_addr = admin_socket.local_addr()?;
-    let storage_dyn: Arc<dyn Storage> = storage.clone();
     let gateway = Gateway::start(
         config,
         meta.clone(),
-        storage_dyn,
+        storage.clone(),
         registry,
         Some(auth.clone()),
     )
@@ -665,7 +696,8 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     }
     let bootstrap = weir_gateway::bootstrap(&gateway.config);
     tracing::info!(%bootstrap, data_dir = %settings.data_dir.display(),
-        object_store = %settings.object_store, metadata = %settings.metadata,
+        object_store = %settings.storage_nodes.as_deref().unwrap_or(&settings.object_store),
+        metadata = %settings.metadata,
         admin = %admin_addr, "weir is ready");
     tracing::info!(admin = %format!("http://{admin_addr}"), listeners = %described.join(","), "admin API and listeners");
     println!("weir is ready: bootstrap.servers={bootstrap}");
@@ -754,6 +786,7 @@ fn main() -> Result<()> {
         }
         Command::Auth(args) => admin::run_auth(args),
         Command::Metadata(args) => metadata_cmd::run(args),
+        Command::Storage(args) => storage_cmd::run(*args),
         Command::Tls(TlsCommand::Generate { out, hosts }) => {
             let hosts = if hosts.is_empty() {
                 vec!["localhost".to_string(), "127.0.0.1".to_string()]

@@ -96,13 +96,7 @@ async fn init(url: &str) -> Result<()> {
 }
 
 async fn serve(args: MetadataArgs) -> Result<()> {
-    if !args.listen.ip().is_loopback() && !args.allow_remote {
-        anyhow::bail!(
-            "the metadata service does not authenticate its clients; listening on {} (not \
-             loopback) needs --allow-remote, and a network only Weir's processes reach",
-            args.listen
-        );
-    }
+    check_listen("metadata", args.listen, args.allow_remote)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let backend = args
@@ -118,30 +112,18 @@ async fn serve(args: MetadataArgs) -> Result<()> {
         .await
         .with_context(|| format!("opening the metadata backend {backend}"))?;
     let cluster = store.cluster_id().await?;
-    let (cert, key, ca) = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
-        _ => {
-            let mut hosts = vec![
-                args.listen.ip().to_string(),
-                "localhost".to_string(),
-                "127.0.0.1".to_string(),
-            ];
-            hosts.extend(args.hosts.iter().cloned());
-            hosts.dedup();
-            let files =
-                weir_rpc::tls::load_or_generate(&args.data_dir.join("metadata-tls"), &hosts)?;
-            (files.cert, files.key, Some(files.ca))
-        }
-    };
+    let (cert, key, ca) = service_tls(
+        &args.data_dir.join("metadata-tls"),
+        args.listen,
+        &args.hosts,
+        args.tls_cert.as_ref().zip(args.tls_key.as_ref()),
+    )?;
     let endpoint = weir_rpc::server_endpoint(args.listen, &cert, &key, weir_metadata::remote::ALPN)
         .with_context(|| format!("listening on {} (UDP)", args.listen))?;
     let addr = endpoint.local_addr()?;
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::signal_shutdown(shutdown.clone()));
-    let ca_param = match &ca {
-        Some(ca) => format!("?ca={}", std::fs::canonicalize(ca)?.display()),
-        None => "?ca=<your CA file>".to_string(),
-    };
+    let ca_param = ca_param(ca.as_deref())?;
     tracing::info!(%addr, backend = %backend, cluster = %cluster, "metadata service listening (QUIC)");
     println!("weir metadata is ready: quic://{addr}{ca_param}");
     weir_rpc::serve(
@@ -152,4 +134,50 @@ async fn serve(args: MetadataArgs) -> Result<()> {
     .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Refuses a non-loopback address for a QUIC service unless `allow_remote`: its clients are
+/// not authenticated.
+pub(crate) fn check_listen(service: &str, listen: SocketAddr, allow_remote: bool) -> Result<()> {
+    if !listen.ip().is_loopback() && !allow_remote {
+        anyhow::bail!(
+            "the {service} service does not authenticate its clients; listening on {listen} \
+             (not loopback) needs --allow-remote, and a network only Weir's processes reach"
+        );
+    }
+    Ok(())
+}
+
+/// The certificate and key a QUIC service presents: the given pair, or a self-signed set
+/// generated (once) in `dir` for the listen address, localhost, 127.0.0.1 and `hosts`, whose
+/// CA file is returned for clients.
+pub(crate) fn service_tls(
+    dir: &std::path::Path,
+    listen: SocketAddr,
+    hosts: &[String],
+    given: Option<(&PathBuf, &PathBuf)>,
+) -> Result<(PathBuf, PathBuf, Option<PathBuf>)> {
+    if let Some((cert, key)) = given {
+        return Ok((cert.clone(), key.clone(), None));
+    }
+    let mut names = vec![
+        listen.ip().to_string(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ];
+    for h in hosts {
+        if !names.contains(h) {
+            names.push(h.clone());
+        }
+    }
+    let files = weir_rpc::tls::load_or_generate(dir, &names)?;
+    Ok((files.cert, files.key, Some(files.ca)))
+}
+
+/// The `?ca=` part of a service URL clients are told to use.
+pub(crate) fn ca_param(ca: Option<&std::path::Path>) -> Result<String> {
+    Ok(match ca {
+        Some(ca) => format!("?ca={}", std::fs::canonicalize(ca)?.display()),
+        None => "?ca=<your CA file>".to_string(),
+    })
 }

@@ -15,7 +15,7 @@ use weir_common::{
     TopicPartition,
 };
 use weir_metadata::{MetadataStore, PartitionTail, TopicRecord, PRODUCER_BATCHES_KEPT};
-use weir_storage::IndexSink;
+use weir_storage::{CommitObserver, IndexSink};
 
 /// How many recent index entries each partition keeps in memory for tail reads.
 const RECENT_ENTRIES: usize = 512;
@@ -312,11 +312,34 @@ impl Registry {
 }
 
 /// The storage service's [`IndexSink`]: commits to the metadata store, then advances the
-/// high watermarks and wakes waiting fetches.
+/// high watermarks and wakes waiting fetches. With remote storage nodes, the nodes commit
+/// and the gateway sees each commit as a [`CommitObserver`].
 #[derive(Debug)]
 pub struct Committer {
     pub meta: Arc<dyn MetadataStore>,
     pub registry: Arc<Registry>,
+}
+
+impl Committer {
+    /// Advances the partition's tail past a commit that landed.
+    fn apply(&self, commit: &PartitionCommit) {
+        let Some(log) = self.registry.partition(commit.entry.tp) else {
+            return;
+        };
+        let mut state = log.lock();
+        state.high_watermark = state.high_watermark.max(commit.entry.last_offset + 1);
+        for p in &commit.producers {
+            state
+                .committed_producers
+                .entry(p.producer_id)
+                .or_default()
+                .record(*p);
+        }
+        state.recent.push_back(commit.entry.clone());
+        while state.recent.len() > RECENT_ENTRIES {
+            state.recent.pop_front();
+        }
+    }
 }
 
 #[async_trait]
@@ -330,28 +353,19 @@ impl IndexSink for Committer {
             .commit_index(commits.clone())
             .await
             .map_err(|e| e.to_string())?;
-        for (commit, outcome) in commits.into_iter().zip(&outcomes) {
-            if outcome.is_err() {
-                continue;
-            }
-            let Some(log) = self.registry.partition(commit.entry.tp) else {
-                continue;
-            };
-            let mut state = log.lock();
-            state.high_watermark = state.high_watermark.max(commit.entry.last_offset + 1);
-            for p in &commit.producers {
-                state
-                    .committed_producers
-                    .entry(p.producer_id)
-                    .or_default()
-                    .record(*p);
-            }
-            state.recent.push_back(commit.entry);
-            while state.recent.len() > RECENT_ENTRIES {
-                state.recent.pop_front();
+        for (commit, outcome) in commits.iter().zip(&outcomes) {
+            if outcome.is_ok() {
+                self.apply(commit);
             }
         }
         self.registry.notify();
         Ok(outcomes)
+    }
+}
+
+impl CommitObserver for Committer {
+    fn committed(&self, commit: &PartitionCommit) {
+        self.apply(commit);
+        self.registry.notify();
     }
 }

@@ -136,11 +136,16 @@ impl Gateway {
         }
         let live: std::collections::HashSet<String> =
             meta.live_objects().await?.into_iter().collect();
+        // Objects younger than the grace may be between their write and their index commit
+        // on a storage node that other processes share.
+        let cutoff = weir_common::now_ms()
+            .saturating_sub(i64::try_from(storage.orphan_grace().as_millis()).unwrap_or(i64::MAX));
         let orphans: Vec<String> = storage
             .list_objects()
             .await?
             .into_iter()
             .filter(|o| !live.contains(o))
+            .filter(|o| weir_storage::object_written_at(o).is_none_or(|at| at < cutoff))
             .collect();
         if !orphans.is_empty() {
             tracing::info!(

@@ -21,7 +21,7 @@ use std::time::Duration;
 use weir_common::{IndexEntry, Offset, PartitionCommit, PartitionIndex, TopicId, TopicPartition};
 
 /// The metadata protocol's ALPN id: service name and version.
-pub const ALPN: &[u8] = b"weir-metadata/1";
+pub const ALPN: &[u8] = b"weir-metadata/2";
 
 /// One call of the metadata protocol.
 #[derive(Debug, Serialize, Deserialize)]
@@ -207,6 +207,8 @@ impl MetadataServer {
 impl weir_rpc::Handler for MetadataServer {
     type Request = Request;
     type Response = Response;
+    type SessionIn = ();
+    type SessionOut = ();
 
     async fn handle(&self, request: Request) -> Response {
         self.dispatch(request).await.unwrap_or_else(Response::Error)
@@ -214,6 +216,14 @@ impl weir_rpc::Handler for MetadataServer {
 
     fn malformed(&self, error: String) -> Response {
         Response::Error(MetadataError::Invalid(error))
+    }
+
+    /// The metadata protocol has no sessions.
+    async fn session(
+        self: Arc<Self>,
+        _send: weir_rpc::SessionSender<()>,
+        _recv: weir_rpc::SessionReceiver<()>,
+    ) {
     }
 }
 

@@ -2,25 +2,39 @@
 //! nodes): TLS certificates ([`tls`]), server and client endpoints, and one request/response
 //! exchange per QUIC stream.
 //!
-//! A service is named and versioned by its ALPN protocol id (for example `weir-metadata/1`):
+//! A service is named and versioned by its ALPN protocol id (for example `weir-metadata/2`):
 //! a client and a server that speak different versions fail the TLS handshake with a clear
 //! error instead of misreading each other's messages. Messages are `serde` values encoded with
-//! `postcard`; each request opens a bidirectional stream, writes the request, finishes the
-//! send side and reads the response to the end. Messages are bounded by
-//! [`MAX_MESSAGE_BYTES`]; every call has a timeout.
+//! `postcard`. A stream starts with one byte saying what it carries:
+//! - a call ([`Client::call`]): the request, the send side finished, the response read to the
+//!   end; every call has a timeout;
+//! - a session ([`Client::open_session`]): an ordered, long-lived exchange of length-delimited
+//!   messages in both directions (`tokio_util`'s `LengthDelimitedCodec`), for traffic whose
+//!   order matters, such as a gateway's appends to a storage node.
+//!
+//! Messages are bounded by [`MAX_MESSAGE_BYTES`].
 
 pub mod tls;
 
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-/// The largest request or response, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// The largest request, response or session message, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// First byte of a stream that carries one call.
+const KIND_CALL: u8 = 0;
+/// First byte of a stream that carries a session.
+const KIND_SESSION: u8 = 1;
 
 /// Errors of the transport.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +51,88 @@ pub enum RpcError {
     Timeout { addr: String, ms: u128 },
     #[error("message encoding: {0}")]
     Codec(String),
+    #[error("session with {addr} ended: {reason}")]
+    Session { addr: String, reason: String },
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_MESSAGE_BYTES)
+        .new_codec()
+}
+
+/// The sending half of a session: messages arrive at the peer in the order they were sent.
+#[derive(Debug)]
+pub struct SessionSender<T> {
+    sink: FramedWrite<quinn::SendStream, LengthDelimitedCodec>,
+    peer: String,
+    _message: PhantomData<fn(T)>,
+}
+
+impl<T: Serialize> SessionSender<T> {
+    fn new(send: quinn::SendStream, peer: String) -> Self {
+        SessionSender {
+            sink: FramedWrite::new(send, codec()),
+            peer,
+            _message: PhantomData,
+        }
+    }
+
+    /// Sends one message (waits while the peer's flow control window is full).
+    pub async fn send(&mut self, message: &T) -> Result<(), RpcError> {
+        let body = postcard::to_allocvec(message).map_err(|e| RpcError::Codec(e.to_string()))?;
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(RpcError::Codec(format!(
+                "message of {} bytes is over the {MAX_MESSAGE_BYTES}-byte limit",
+                body.len()
+            )));
+        }
+        self.sink
+            .send(Bytes::from(body))
+            .await
+            .map_err(|e| RpcError::Session {
+                addr: self.peer.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Ends the sending direction (the peer's receiver then sees the end of the session).
+    pub async fn finish(mut self) {
+        let _ = SinkExt::<Bytes>::flush(&mut self.sink).await;
+        let _ = self.sink.get_mut().finish();
+    }
+}
+
+/// The receiving half of a session.
+#[derive(Debug)]
+pub struct SessionReceiver<T> {
+    stream: FramedRead<quinn::RecvStream, LengthDelimitedCodec>,
+    peer: String,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> SessionReceiver<T> {
+    fn new(recv: quinn::RecvStream, peer: String) -> Self {
+        SessionReceiver {
+            stream: FramedRead::new(recv, codec()),
+            peer,
+            _message: PhantomData,
+        }
+    }
+
+    /// The next message; `None` when the peer finished the session.
+    pub async fn recv(&mut self) -> Result<Option<T>, RpcError> {
+        match self.stream.next().await {
+            None => Ok(None),
+            Some(Ok(frame)) => postcard::from_bytes(&frame)
+                .map(Some)
+                .map_err(|e| RpcError::Codec(e.to_string())),
+            Some(Err(e)) => Err(RpcError::Session {
+                addr: self.peer.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
 }
 
 fn transport() -> quinn::TransportConfig {
@@ -151,16 +247,10 @@ impl Client {
             )));
         }
         let exchange = async {
-            let conn = self.connection().await?;
-            let (mut send, mut recv) = match conn.open_bi().await {
-                Ok(streams) => streams,
-                Err(_) => {
-                    // The connection died before anything was sent: one fresh connection.
-                    self.conn.lock().await.take();
-                    let conn = self.connection().await?;
-                    conn.open_bi().await.map_err(|e| self.call_err(e))?
-                }
-            };
+            let (mut send, mut recv) = self.open_stream().await?;
+            send.write_all(&[KIND_CALL])
+                .await
+                .map_err(|e| self.call_err(e))?;
             send.write_all(&body).await.map_err(|e| self.call_err(e))?;
             send.finish().map_err(|e| self.call_err(e))?;
             let response = recv
@@ -178,6 +268,45 @@ impl Client {
         }
     }
 
+    /// Opens a stream on the shared connection (reconnecting once if it died).
+    async fn open_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream), RpcError> {
+        let conn = self.connection().await?;
+        match conn.open_bi().await {
+            Ok(streams) => Ok(streams),
+            Err(_) => {
+                // The connection died before anything was sent: one fresh connection.
+                self.conn.lock().await.take();
+                let conn = self.connection().await?;
+                conn.open_bi().await.map_err(|e| self.call_err(e))
+            }
+        }
+    }
+
+    /// Opens a session: an ordered exchange of `Out` messages to the server and `In`
+    /// messages back, until either side finishes or the connection is lost.
+    pub async fn open_session<Out: Serialize, In: DeserializeOwned>(
+        &self,
+    ) -> Result<(SessionSender<Out>, SessionReceiver<In>), RpcError> {
+        let open = async {
+            let (mut send, recv) = self.open_stream().await?;
+            send.write_all(&[KIND_SESSION])
+                .await
+                .map_err(|e| self.call_err(e))?;
+            Ok::<_, RpcError>((send, recv))
+        };
+        let (send, recv) = tokio::time::timeout(self.timeout, open)
+            .await
+            .map_err(|_| RpcError::Timeout {
+                addr: self.addr.to_string(),
+                ms: self.timeout.as_millis(),
+            })??;
+        let peer = self.addr.to_string();
+        Ok((
+            SessionSender::new(send, peer.clone()),
+            SessionReceiver::new(recv, peer),
+        ))
+    }
+
     fn call_err(&self, e: impl std::fmt::Display) -> RpcError {
         RpcError::Call {
             addr: self.addr.to_string(),
@@ -192,14 +321,25 @@ impl Drop for Client {
     }
 }
 
-/// The server side of a service: turns each request into a response.
+/// The server side of a service: turns each request into a response, and serves sessions.
 pub trait Handler: Send + Sync + 'static {
     type Request: DeserializeOwned + Send;
     type Response: Serialize + Send;
+    /// Messages a client sends in a session.
+    type SessionIn: DeserializeOwned + Send;
+    /// Messages the server sends back in a session.
+    type SessionOut: Serialize + Send;
     /// Answers one request.
     fn handle(&self, request: Self::Request) -> impl Future<Output = Self::Response> + Send;
     /// The response to a request that could not be decoded.
     fn malformed(&self, error: String) -> Self::Response;
+    /// Serves one session until it ends (a service without sessions drops both halves,
+    /// which ends the session at once).
+    fn session(
+        self: Arc<Self>,
+        send: SessionSender<Self::SessionOut>,
+        recv: SessionReceiver<Self::SessionIn>,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// Serves `handler` on `endpoint` until `shutdown` is cancelled; each stream is one request.
@@ -226,6 +366,7 @@ pub async fn serve<H: Handler>(
                     return;
                 }
             };
+            let peer = conn.remote_address().to_string();
             loop {
                 let (send, recv) = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -234,11 +375,38 @@ pub async fn serve<H: Handler>(
                         Err(_) => break,
                     },
                 };
-                tokio::spawn(answer(handler.clone(), send, recv));
+                tokio::spawn(stream(handler.clone(), send, recv, peer.clone()));
             }
         });
     }
     endpoint.close(0u32.into(), b"shutting down");
+    // Let the peers learn that the connections closed (bounded), so that they fail fast.
+    let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+}
+
+async fn stream<H: Handler>(
+    handler: Arc<H>,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    peer: String,
+) {
+    let mut kind = [0u8; 1];
+    if let Err(e) = recv.read_exact(&mut kind).await {
+        tracing::debug!(error = %e, "reading a stream's kind failed");
+        return;
+    }
+    match kind[0] {
+        KIND_CALL => answer(handler, send, recv).await,
+        KIND_SESSION => {
+            handler
+                .session(
+                    SessionSender::new(send, peer.clone()),
+                    SessionReceiver::new(recv, peer),
+                )
+                .await
+        }
+        other => tracing::debug!(kind = other, "stream of an unknown kind"),
+    }
 }
 
 async fn answer<H: Handler>(
@@ -278,11 +446,26 @@ mod tests {
     impl Handler for Echo {
         type Request = (u32, String);
         type Response = Result<String, String>;
+        type SessionIn = u64;
+        type SessionOut = u64;
         async fn handle(&self, (n, s): (u32, String)) -> Self::Response {
             Ok(s.repeat(n as usize))
         }
         fn malformed(&self, error: String) -> Self::Response {
             Err(error)
+        }
+        /// Answers each number with its double, in order.
+        async fn session(
+            self: Arc<Self>,
+            mut send: SessionSender<u64>,
+            mut recv: SessionReceiver<u64>,
+        ) {
+            while let Ok(Some(n)) = recv.recv().await {
+                if send.send(&(n * 2)).await.is_err() {
+                    return;
+                }
+            }
+            send.finish().await;
         }
     }
 
@@ -323,6 +506,20 @@ mod tests {
         {
             assert_eq!(r.unwrap().unwrap().len(), i);
         }
+        // A session carries messages in order, both ways, next to calls.
+        let (mut tx, mut rx) = client.open_session::<u64, u64>().await.unwrap();
+        let writer = tokio::spawn(async move {
+            for n in 0..1000u64 {
+                tx.send(&n).await.unwrap();
+            }
+            tx.finish().await;
+        });
+        for n in 0..1000u64 {
+            assert_eq!(rx.recv().await.unwrap(), Some(n * 2));
+        }
+        assert_eq!(rx.recv().await.unwrap(), None);
+        writer.await.unwrap();
+
         // A malformed request gets the handler's error, not a hang.
         let bad: Result<String, String> = client.call(&"not a tuple".to_string()).await.unwrap();
         assert!(bad.is_err());

@@ -8,13 +8,15 @@
 //! (the metadata service's offset index) and only then completes the appends. It never
 //! decodes records, never assigns offsets and never talks to the metadata store directly.
 //!
-//! Main types: [`Storage`] (the API the gateway uses, in-process now, QUIC later),
-//! [`ObjectStorage`] (the implementation over any `object_store` backend), [`StorageConfig`].
+//! Main types: [`Storage`] (the API the gateway uses), [`ObjectStorage`] (the implementation
+//! over any `object_store` backend, in-process in `weir serve` or inside a `weir storage`
+//! node), [`remote`] (the same API over QUIC to storage nodes), [`StorageConfig`].
 
 mod disk_cache;
 mod local;
 mod metrics;
 pub mod object;
+pub mod remote;
 pub mod s3;
 
 pub use metrics::StorageMetrics;
@@ -38,7 +40,7 @@ use weir_common::{
 use object::FooterEntry;
 
 /// Errors of the storage service.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum StorageError {
     #[error("object store unavailable: {0}")]
     Unavailable(String),
@@ -52,6 +54,8 @@ pub enum StorageError {
     Corrupt(String),
     #[error("storage is shutting down")]
     ShuttingDown,
+    #[error("invalid storage request: {0}")]
+    Invalid(String),
 }
 
 impl StorageError {
@@ -64,7 +68,7 @@ impl StorageError {
             StorageError::Refused(CommitRefused::UnknownPartition) => ErrorKind::NotFound,
             StorageError::Refused(_) => ErrorKind::Fenced,
             StorageError::NotFound(_) => ErrorKind::NotFound,
-            StorageError::Corrupt(_) => ErrorKind::Internal,
+            StorageError::Corrupt(_) | StorageError::Invalid(_) => ErrorKind::Internal,
         }
     }
 }
@@ -72,7 +76,7 @@ impl StorageError {
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// Record batches of one partition, already validated and carrying their final offsets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AppendBatch {
     pub tp: TopicPartition,
     pub leader_epoch: LeaderEpoch,
@@ -86,8 +90,17 @@ pub struct AppendBatch {
     pub producer: Option<ProducerBatchState>,
 }
 
-/// Completion of one append: resolves once the object is durable and indexed.
-pub type AppendTicket = oneshot::Receiver<Result<()>>;
+/// Completion of one append: resolves once the object is durable and indexed. Appends of one
+/// partition that went into one object share one index entry: the first of them carries the
+/// commit (entry and producer states), the others `None`.
+pub type AppendTicket = oneshot::Receiver<Result<Option<PartitionCommit>>>;
+
+/// Told about each index commit that landed, before the appends it covers complete (the
+/// gateway advances its high watermarks here when the storage service is remote; in-process,
+/// the [`IndexSink`] does it).
+pub trait CommitObserver: Send + Sync + std::fmt::Debug {
+    fn committed(&self, commit: &PartitionCommit);
+}
 
 /// Buffer space reserved for an append (back-pressure): released when the append completes.
 #[derive(Debug)]
@@ -124,8 +137,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// (used after an append of `tp` failed, so later ones cannot commit out of order).
     fn discard(&self, tp: TopicPartition);
 
-    /// Reads `length` bytes at `position` of an object.
-    async fn read(&self, object: &str, position: u64, length: u32) -> Result<Bytes>;
+    /// Reads `length` bytes at `position` of an object that holds data of `tp` (remote
+    /// storage sends a partition's reads to the node whose cache holds it). A `length` of 0
+    /// only warms the cache.
+    async fn read(
+        &self,
+        tp: TopicPartition,
+        object: &str,
+        position: u64,
+        length: u32,
+    ) -> Result<Bytes>;
 
     /// Deletes objects nothing refers to any more.
     async fn delete_objects(&self, objects: Vec<String>);
@@ -135,6 +156,20 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Flushes what is buffered and stops the flusher.
     async fn shutdown(&self);
+
+    /// How old an object nothing refers to must be before it may be deleted as an orphan:
+    /// zero when this process is the only writer (whatever it had in flight died with the
+    /// previous run), longer when other processes may be between writing an object and
+    /// committing it.
+    fn orphan_grace(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// When an object was written (ms since the epoch), from its key (`data/<ms>-<uuid>.wseg`).
+pub fn object_written_at(key: &str) -> Option<i64> {
+    let name = key.rsplit('/').next()?;
+    name.split('-').next()?.parse().ok()
 }
 
 /// Tuning of [`ObjectStorage`].
@@ -215,7 +250,7 @@ const DATA_PREFIX: &str = "data";
 
 struct Pending {
     batch: AppendBatch,
-    done: oneshot::Sender<Result<()>>,
+    done: oneshot::Sender<Result<Option<PartitionCommit>>>,
     _reservation: Reservation,
 }
 
@@ -370,7 +405,13 @@ impl Storage for ObjectStorage {
         }
     }
 
-    async fn read(&self, object: &str, position: u64, length: u32) -> Result<Bytes> {
+    async fn read(
+        &self,
+        _tp: TopicPartition,
+        object: &str,
+        position: u64,
+        length: u32,
+    ) -> Result<Bytes> {
         let start =
             usize::try_from(position).map_err(|_| StorageError::Corrupt("position".into()))?;
         let end = start.saturating_add(length as usize);
@@ -622,13 +663,24 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
         })
         .collect();
     let runs_len = runs.len();
-    match inner.sink.commit(commits).await {
+    match inner.sink.commit(commits.clone()).await {
         Ok(outcomes) => {
             let any_ok = outcomes.iter().any(|o| o.is_ok());
-            for (run, outcome) in runs.into_iter().zip(outcomes) {
-                let result = outcome.map_err(StorageError::Refused);
-                for pending in run.pendings {
-                    let _ = pending.done.send(result.clone());
+            for ((run, outcome), commit) in runs.into_iter().zip(outcomes).zip(commits) {
+                match outcome {
+                    Ok(()) => {
+                        let mut commit = Some(commit);
+                        for pending in run.pendings {
+                            let _ = pending.done.send(Ok(commit.take()));
+                        }
+                    }
+                    Err(refused) => {
+                        for pending in run.pendings {
+                            let _ = pending
+                                .done
+                                .send(Err(StorageError::Refused(refused.clone())));
+                        }
+                    }
                 }
             }
             if !any_ok {

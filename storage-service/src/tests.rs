@@ -93,7 +93,9 @@ async fn one_object_per_flush_holds_every_partition() -> anyhow::Result<()> {
         (0, 19, 200, 2)
     );
     // The bytes read back are the batches in offset order.
-    let bytes = storage.read(&p0.object, p0.position, p0.length).await?;
+    let bytes = storage
+        .read(tp(0), &p0.object, p0.position, p0.length)
+        .await?;
     assert_eq!(&bytes[..100], &[1u8; 100][..]);
     assert_eq!(&bytes[100..], &[3u8; 100][..]);
     // The object's own footer agrees with what was committed.
@@ -331,7 +333,7 @@ async fn s3_objects_round_trip_including_multipart() -> anyhow::Result<()> {
     assert_eq!(objects.len(), 1);
     for c in &commits {
         let bytes = storage
-            .read(&c.entry.object, c.entry.position, c.entry.length)
+            .read(tp(0), &c.entry.object, c.entry.position, c.entry.length)
             .await?;
         assert_eq!(bytes.len(), c.entry.length as usize);
         assert_eq!(bytes.len(), 5 << 20);
@@ -348,7 +350,7 @@ async fn s3_objects_round_trip_including_multipart() -> anyhow::Result<()> {
     let cold = ObjectStorage::start(target, config(), Arc::new(RecordingSink::default()));
     let c = &commits[1];
     let at = c.entry.position + (1 << 20) - 10;
-    let bytes = cold.read(&c.entry.object, at, 2 << 20).await?;
+    let bytes = cold.read(tp(0), &c.entry.object, at, 2 << 20).await?;
     assert_eq!(bytes.len(), 2 << 20);
     assert!(bytes[..10].iter().all(|b| *b == 1));
     assert!(bytes[10..(1 << 20) + 10].iter().all(|b| *b == 5));
@@ -358,7 +360,9 @@ async fn s3_objects_round_trip_including_multipart() -> anyhow::Result<()> {
     // The chunks read ahead serve the next sequential read from memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let hits = cold.metrics().cache_hits();
-    let next = cold.read(&c.entry.object, at + (2 << 20), 1 << 20).await?;
+    let next = cold
+        .read(tp(0), &c.entry.object, at + (2 << 20), 1 << 20)
+        .await?;
     assert!(next.iter().all(|b| *b == 9 || *b == 13));
     // Both chunks it spans were in memory (its own read-ahead only adds misses).
     assert_eq!(cold.metrics().cache_hits() - hits, 2);
@@ -369,7 +373,7 @@ async fn s3_objects_round_trip_including_multipart() -> anyhow::Result<()> {
         Arc::new(RecordingSink::default()),
     );
     let all = cold2
-        .read(&c.entry.object, c.entry.position, c.entry.length)
+        .read(tp(0), &c.entry.object, c.entry.position, c.entry.length)
         .await?;
     for (k, chunk) in all.chunks(1 << 20).enumerate() {
         assert!(chunk.iter().all(|b| usize::from(*b) == 1 + 4 * k));
@@ -418,6 +422,7 @@ async fn s3_reads_fall_back_to_the_disk_tier() -> anyhow::Result<()> {
     let gets = storage.metrics().requests("get");
     let bytes = storage
         .read(
+            tp(0),
             &commit.entry.object,
             commit.entry.position,
             commit.entry.length,
@@ -436,6 +441,7 @@ async fn s3_reads_fall_back_to_the_disk_tier() -> anyhow::Result<()> {
     let again = ObjectStorage::start(target, cfg, Arc::new(RecordingSink::default()));
     let first = again
         .read(
+            tp(0),
             &commit.entry.object,
             commit.entry.position,
             commit.entry.length,
@@ -447,6 +453,7 @@ async fn s3_reads_fall_back_to_the_disk_tier() -> anyhow::Result<()> {
     let gets = again.metrics().requests("get");
     let second = again
         .read(
+            tp(0),
             &commit.entry.object,
             commit.entry.position,
             commit.entry.length,
@@ -458,5 +465,176 @@ async fn s3_reads_fall_back_to_the_disk_tier() -> anyhow::Result<()> {
         "only read-ahead may fetch"
     );
     assert!(again.metrics().disk_hits() >= 4);
+    Ok(())
+}
+
+/// Records the commits a remote client reports, and checks each arrives before its append
+/// completes.
+#[derive(Debug, Default)]
+struct Observed {
+    commits: Mutex<Vec<PartitionCommit>>,
+}
+
+impl CommitObserver for Observed {
+    fn committed(&self, commit: &PartitionCommit) {
+        if let Ok(mut c) = self.commits.lock() {
+            c.push(commit.clone());
+        }
+    }
+}
+
+/// A storage node on a real QUIC endpoint, serving a memory store.
+async fn node(
+    sink: Arc<RecordingSink>,
+    dir: &std::path::Path,
+    port: u16,
+) -> anyhow::Result<(
+    ObjectStorage,
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+)> {
+    let files = weir_rpc::tls::load_or_generate(dir, &["127.0.0.1".to_string()])?;
+    let storage = ObjectStorage::start(open_object_store("memory://")?, config(), sink);
+    let endpoint = weir_rpc::server_endpoint(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        &files.cert,
+        &files.key,
+        remote::ALPN,
+    )?;
+    let addr = endpoint.local_addr()?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(weir_rpc::serve(
+        endpoint,
+        Arc::new(remote::StorageServer::new(storage.clone())),
+        stop.clone(),
+    ));
+    Ok((storage, addr, stop, task))
+}
+
+#[tokio::test]
+async fn remote_appends_keep_order_and_report_commits() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sink = Arc::new(RecordingSink::default());
+    let (served, addr, stop, task) = node(sink.clone(), dir.path(), 0).await?;
+    let options = remote::RemoteOptions::parse(&format!(
+        "quic://{addr}?ca={}",
+        dir.path().join("ca.pem").display()
+    ))
+    .await?;
+    let observed = Arc::new(Observed::default());
+    let client = remote::RemoteStorage::connect(&options, observed.clone(), 32 << 20)?;
+
+    // 300 appends over 3 partitions, submitted without waiting: they commit in offset order.
+    let mut tickets = Vec::new();
+    for i in 0..300i64 {
+        let p = (i % 3) as i32;
+        let r = client.reserve(100).await?;
+        tickets.push(client.submit(batch(p, (i / 3) * 10, 10, p as u8), r)?);
+    }
+    let mut firsts = 0;
+    for t in tickets {
+        if t.await??.is_some() {
+            firsts += 1;
+        }
+    }
+    let seen = observed
+        .commits
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .clone();
+    // One commit per partition per object, each reported once, ascending per partition.
+    assert_eq!(seen.len(), firsts);
+    for p in 0..3 {
+        let ends: Vec<i64> = seen
+            .iter()
+            .filter(|c| c.entry.tp == tp(p))
+            .map(|c| c.entry.last_offset)
+            .collect();
+        assert!(ends.windows(2).all(|w| w[0] < w[1]), "{ends:?}");
+        assert_eq!(ends.last(), Some(&999));
+    }
+    let indexed: usize = sink
+        .commits
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .iter()
+        .map(Vec::len)
+        .sum();
+    assert_eq!(indexed, seen.len());
+
+    // Reads, listings and deletes are calls to the node.
+    let c = &seen[0];
+    let bytes = client
+        .read(
+            c.entry.tp,
+            &c.entry.object,
+            c.entry.position,
+            c.entry.length,
+        )
+        .await?;
+    assert_eq!(bytes.len(), c.entry.length as usize);
+    assert!(bytes.iter().all(|b| i32::from(*b) == c.entry.tp.partition));
+    let objects = client.list_objects().await?;
+    assert!(objects.contains(&c.entry.object));
+    client.delete_objects(vec![c.entry.object.clone()]).await;
+    assert!(matches!(
+        client.read(c.entry.tp, &c.entry.object, 0, 10).await,
+        Err(StorageError::NotFound(_))
+    ));
+
+    // A discard reaches the node in order with the appends around it.
+    let queued = client.submit(batch(5, 0, 1, 1), client.reserve(100).await?)?;
+    client.discard(tp(5));
+    let after = client.submit(batch(6, 0, 1, 1), client.reserve(100).await?)?;
+    // `queued` either flushed before the discard arrived or was discarded: never both lost
+    // and committed.
+    match queued.await? {
+        Ok(_) | Err(StorageError::Discarded) => {}
+        Err(e) => panic!("unexpected {e}"),
+    }
+    after.await??;
+
+    // The node goes away: appends fail with a retriable error, not a hang.
+    stop.cancel();
+    task.await?;
+    served.shutdown().await;
+    let port = addr.port();
+    let lost = client.submit(batch(0, 1000, 1, 1), client.reserve(100).await?)?;
+    let err = tokio::time::timeout(Duration::from_secs(60), lost)
+        .await??
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("append without a node succeeded"))?;
+    assert_eq!(err.kind(), ErrorKind::Retriable, "{err}");
+
+    // A node back on the same address serves the same client again.
+    let mut attempts = 0;
+    let (again, _, stop, task) = loop {
+        // The old endpoint's socket is released once its tasks are gone.
+        match node(sink.clone(), dir.path(), port).await {
+            Ok(n) => break n,
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                tracing::debug!(error = %e, "port still in use");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = client.submit(batch(0, 1000, 1, 1), client.reserve(100).await?)?;
+        match t.await? {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.kind(), ErrorKind::Retriable, "{e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => anyhow::bail!("node did not come back: {e}"),
+        }
+    }
+    stop.cancel();
+    task.await?;
+    again.shutdown().await;
     Ok(())
 }

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import signal
 import socket
@@ -120,6 +121,72 @@ def s3_endpoint() -> str:
 def s3_url(prefix: str | None = None) -> str:
     prefix = prefix or f"e2e{uuid.uuid4().hex[:12]}"
     return f"s3://{S3_BUCKET}/{prefix}?endpoint={s3_endpoint()}&region=us-east-1"
+
+
+class WeirService:
+    """One `weir metadata` or `weir storage` process (a QUIC service), restartable on the same
+    port and data dir. `.url` is the quic:// URL it printed (with ?ca= when it generated its
+    own certificates)."""
+
+    def __init__(self, base: Path, kind: str, args=()):
+        self.kind = kind
+        self.data_dir = base / f"{kind}-service"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.args = [str(a) for a in args]
+        self.proc: subprocess.Popen | None = None
+        self.url: str | None = None
+        self.log = base / f"{kind}-service.log"
+        self.out = base / f"{kind}-service.out"
+
+    def start(self) -> "WeirService":
+        cmd = [str(weir_bin()), self.kind, "--listen", f"127.0.0.1:{self.port}",
+               "--data-dir", str(self.data_dir), *self.args]
+        self.out.write_text("")
+        with open(self.log, "ab") as log, open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=log, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            m = re.search(rf"weir {self.kind} is ready: (quic://\S+)", self.out.read_text())
+            if m:
+                self.url = m.group(1)
+                return self
+            assert self.proc.poll() is None, \
+                f"weir {self.kind} exited:\n{self.log.read_text()[-3000:]}"
+            time.sleep(0.05)
+        raise AssertionError(f"weir {self.kind} not ready:\n{self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                assert self.proc.wait(timeout=30) == 0
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise
+
+
+@pytest.fixture
+def weir_service(tmp_path):
+    """`weir_service(kind, *args)` starts a `weir metadata` or `weir storage` process for one
+    test; killed at the end if still running."""
+    services: list[WeirService] = []
+
+    def make(kind: str, *args, start: bool = True) -> WeirService:
+        svc = WeirService(tmp_path / f"svc{len(services)}", kind, args)
+        services.append(svc)
+        return svc.start() if start else svc
+
+    yield make
+    for svc in services:
+        if svc.proc and svc.proc.poll() is None:
+            svc.proc.kill()
+            svc.proc.wait(timeout=10)
 
 
 class WeirServer:

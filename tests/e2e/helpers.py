@@ -238,3 +238,43 @@ def kafkajs(command: str, timeout: float = 90, **args):
     lines = [l for l in proc.stdout.decode().splitlines() if l.startswith("RESULT ")]
     assert lines, f"kafkajs {command} printed no RESULT line: {proc.stdout.decode()[-2000:]}"
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def produce_numbered(bootstrap: str, topic: str, start: int, count: int, partitions: int,
+                     **conf) -> tuple[dict[int, list[int]], list]:
+    """Produces values start..start+count (key = value % partitions picks the partition);
+    returns ({partition: [acknowledged values in offset order]}, [errors])."""
+    p = producer(bootstrap, **{"enable.idempotence": True, "linger.ms": 5, **conf})
+    acked: dict[int, list[tuple[int, int]]] = {}
+    errors = []
+
+    def cb(err, msg):
+        if err is not None:
+            errors.append(err)
+        else:
+            acked.setdefault(msg.partition(), []).append((msg.offset(), int(msg.value())))
+
+    for v in range(start, start + count):
+        while True:
+            try:
+                p.produce(topic, value=str(v).encode(), partition=v % partitions, on_delivery=cb)
+                break
+            except BufferError:
+                p.poll(0.1)
+        p.poll(0)
+    p.flush(120)
+    return {part: [v for _, v in sorted(vals)] for part, vals in acked.items()}, errors
+
+
+def read_all(bootstrap: str, topic: str, partitions: int, expected: dict[int, int]) -> dict[int, list[int]]:
+    got = consume_partitions(bootstrap, topic, list(range(partitions)), expected=expected,
+                             timeout=90)
+    return {p: [int(m.value()) for m in msgs] for p, msgs in got.items()}
+
+
+def assert_exactly_once(acked: dict[int, list[int]], read: dict[int, list[int]]) -> None:
+    for part, values in read.items():
+        assert len(values) == len(set(values)), f"partition {part} has duplicates"
+        assert values == sorted(values), f"partition {part} is out of order"
+        missing = set(acked.get(part, [])) - set(values)
+        assert not missing, f"partition {part} lost acknowledged values {sorted(missing)[:10]}"

@@ -15,126 +15,31 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError
 
 from conftest import dynamodb_url, free_port, weir_bin
 from helpers import (
-    consume_partitions,
+    assert_exactly_once,
     consumer,
     create_topic,
     flush_all,
+    produce_numbered,
     producer,
+    read_all,
     unique_topic,
 )
 
 
-class MetadataService:
-    """One `weir metadata` process, restartable on the same port and data dir."""
-
-    def __init__(self, base: Path, backend: str | None = None):
-        self.data_dir = base / "metadata-service"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.backend = backend
-        self.proc: subprocess.Popen | None = None
-        self.url: str | None = None
-        self.log = base / "metadata-service.log"
-        self.out = base / "metadata-service.out"
-
-    def start(self) -> "MetadataService":
-        cmd = [str(weir_bin()), "metadata", "--listen", f"127.0.0.1:{self.port}",
-               "--data-dir", str(self.data_dir)]
-        if self.backend:
-            cmd += ["--backend", self.backend]
-        self.out.write_text("")
-        with open(self.log, "ab") as log, open(self.out, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=log, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            m = re.search(r"weir metadata is ready: (quic://\S+)", self.out.read_text())
-            if m:
-                self.url = m.group(1)
-                return self
-            assert self.proc.poll() is None, f"weir metadata exited:\n{self.log.read_text()[-3000:]}"
-            time.sleep(0.05)
-        raise AssertionError(f"weir metadata not ready:\n{self.log.read_text()[-3000:]}")
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                assert self.proc.wait(timeout=10) == 0
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                raise
-
-
 @pytest.fixture
-def metadata_service(tmp_path):
-    services = []
-
+def metadata_service(weir_service):
     def make(backend=None):
-        svc = MetadataService(tmp_path / f"svc{len(services)}", backend).start()
-        services.append(svc)
-        return svc
+        return weir_service("metadata", *(["--backend", backend] if backend else []))
 
-    yield make
-    for svc in services:
-        if svc.proc and svc.proc.poll() is None:
-            svc.proc.kill()
-            svc.proc.wait(timeout=10)
-
-
-def produce_numbered(bootstrap: str, topic: str, start: int, count: int, partitions: int,
-                     **conf) -> tuple[dict[int, list[int]], list]:
-    """Produces values start..start+count (key = value % partitions picks the partition);
-    returns ({partition: [acknowledged values in offset order]}, [errors])."""
-    p = producer(bootstrap, **{"enable.idempotence": True, "linger.ms": 5, **conf})
-    acked: dict[int, list[tuple[int, int]]] = {}
-    errors = []
-
-    def cb(err, msg):
-        if err is not None:
-            errors.append(err)
-        else:
-            acked.setdefault(msg.partition(), []).append((msg.offset(), int(msg.value())))
-
-    for v in range(start, start + count):
-        while True:
-            try:
-                p.produce(topic, value=str(v).encode(), partition=v % partitions, on_delivery=cb)
-                break
-            except BufferError:
-                p.poll(0.1)
-        p.poll(0)
-    p.flush(120)
-    return {part: [v for _, v in sorted(vals)] for part, vals in acked.items()}, errors
-
-
-def read_all(bootstrap: str, topic: str, partitions: int, expected: dict[int, int]) -> dict[int, list[int]]:
-    got = consume_partitions(bootstrap, topic, list(range(partitions)), expected=expected,
-                             timeout=90)
-    return {p: [int(m.value()) for m in msgs] for p, msgs in got.items()}
-
-
-def assert_exactly_once(acked: dict[int, list[int]], read: dict[int, list[int]]) -> None:
-    for part, values in read.items():
-        assert len(values) == len(set(values)), f"partition {part} has duplicates"
-        assert values == sorted(values), f"partition {part} is out of order"
-        missing = set(acked.get(part, [])) - set(values)
-        assert not missing, f"partition {part} lost acknowledged values {sorted(missing)[:10]}"
+    return make
 
 
 def metrics(admin_port: int) -> dict[str, float]:

@@ -418,7 +418,7 @@ const PREFETCH_OBJECTS: usize = 16;
 /// Loads the objects this fetch will read concurrently, so that a consumer reading older data
 /// waits for one round of object reads rather than one per object.
 async fn prefetch(gw: &Gateway, wanted: &[Wanted], max_bytes: usize) {
-    let mut objects: Vec<(String, u64)> = Vec::new();
+    let mut objects: Vec<(weir_common::TopicPartition, String, u64)> = Vec::new();
     let mut planned = 0usize;
     for w in wanted {
         let Some(log) = w.topic.as_ref().and_then(|t| t.partition(w.partition)) else {
@@ -438,8 +438,8 @@ async fn prefetch(gw: &Gateway, wanted: &[Wanted], max_bytes: usize) {
             }
             bytes += e.length as usize;
             planned += e.length as usize;
-            if !objects.iter().any(|(o, _)| *o == e.object) {
-                objects.push((e.object.clone(), e.position));
+            if !objects.iter().any(|(_, o, _)| *o == e.object) {
+                objects.push((e.tp, e.object.clone(), e.position));
             }
         }
         if objects.len() >= PREFETCH_OBJECTS || planned >= max_bytes {
@@ -450,7 +450,7 @@ async fn prefetch(gw: &Gateway, wanted: &[Wanted], max_bytes: usize) {
         let loads = objects
             .iter()
             .take(PREFETCH_OBJECTS)
-            .map(|(o, pos)| gw.storage.read(o, *pos, 0));
+            .map(|(tp, o, pos)| gw.storage.read(*tp, o, *pos, 0));
         futures::future::join_all(loads).await;
     }
 }
@@ -485,7 +485,7 @@ async fn read_records(
         }
         let bytes = gw
             .storage
-            .read(&entry.object, entry.position, entry.length)
+            .read(entry.tp, &entry.object, entry.position, entry.length)
             .await
             .map_err(|e| e.to_string())?;
         let mut run_start: Option<usize> = None;

@@ -116,7 +116,7 @@ async fn find_in_entry(
 ) -> Result<Option<(i64, i64)>, ResponseError> {
     let bytes = gw
         .storage
-        .read(&entry.object, entry.position, entry.length)
+        .read(entry.tp, &entry.object, entry.position, entry.length)
         .await
         .map_err(|_| ResponseError::KafkaStorageError)?;
     for (pos, h) in batch::headers(&bytes) {

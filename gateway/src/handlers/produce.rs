@@ -333,7 +333,7 @@ async fn complete(
                 } => {
                     let result = ticket.await.unwrap_or(Err(StorageError::ShuttingDown));
                     match result {
-                        Ok(()) => PartitionProduceResponse::default()
+                        Ok(_) => PartitionProduceResponse::default()
                             .with_index(index)
                             .with_base_offset(base_offset)
                             .with_log_append_time_ms(append_time)
