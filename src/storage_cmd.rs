@@ -109,7 +109,7 @@ async fn serve(args: StorageArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let meta = weir_metadata::open(&args.metadata, false)
+    let meta = weir_metadata::open(&args.metadata, true)
         .await
         .with_context(|| format!("opening the metadata store {}", args.metadata))?;
     meta.cluster_id()

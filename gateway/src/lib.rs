@@ -140,9 +140,15 @@ impl Gateway {
         // on a storage node that other processes share.
         let cutoff = weir_common::now_ms()
             .saturating_sub(i64::try_from(storage.orphan_grace().as_millis()).unwrap_or(i64::MAX));
-        let orphans: Vec<String> = storage
-            .list_objects()
-            .await?
+        let listed = match storage.list_objects().await {
+            Ok(objects) => objects,
+            Err(e) => {
+                // Orphans are only wasted space: start without sweeping them.
+                tracing::warn!(error = %e, "cannot list objects; orphaned objects are left for the next start");
+                Vec::new()
+            }
+        };
+        let orphans: Vec<String> = listed
             .into_iter()
             .filter(|o| !live.contains(o))
             .filter(|o| weir_storage::object_written_at(o).is_none_or(|at| at < cutoff))

@@ -50,6 +50,11 @@ const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a failed connection attempt, appends to that node fail at once for this long
 /// instead of each waiting for a connect timeout.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// How long opening a session to a node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// An append that could not be sent within this long fails (it never reached a node, so
+/// the producer's retry cannot duplicate it).
+const SEND_DEADLINE: Duration = Duration::from_secs(5);
 /// Most appends a node has accepted from one session and not yet answered.
 const MAX_UNANSWERED: usize = 65_536;
 /// Unreferenced objects younger than this may still be between their write and their index
@@ -264,6 +269,7 @@ enum Outgoing {
         batch: AppendBatch,
         done: oneshot::Sender<Result<Option<PartitionCommit>>>,
         reservation: Reservation,
+        queued_at: Instant,
     },
     Discard(TopicPartition),
 }
@@ -431,6 +437,7 @@ impl Storage for RemoteStorage {
                 batch,
                 done,
                 reservation,
+                queued_at: Instant::now(),
             })
             .map_err(|_| StorageError::ShuttingDown)?;
         Ok(ticket)
@@ -514,7 +521,18 @@ async fn append_writer(
             session = None;
         }
         if session.is_none() && failed_at.is_none_or(|t| t.elapsed() >= RECONNECT_BACKOFF) {
-            match client.open_session::<AppendMessage, AppendReply>().await {
+            let opened = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                client.open_session::<AppendMessage, AppendReply>(),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(weir_rpc::RpcError::Timeout {
+                    addr: addr.clone(),
+                    ms: CONNECT_TIMEOUT.as_millis(),
+                })
+            });
+            match opened {
                 Ok((send, recv)) => {
                     let state = Arc::new(SessionState::default());
                     tokio::spawn(read_replies(
@@ -545,7 +563,15 @@ async fn append_writer(
                 batch,
                 done,
                 reservation,
+                queued_at,
             } => {
+                if queued_at.elapsed() > SEND_DEADLINE {
+                    let _ = done.send(Err(StorageError::Unavailable(format!(
+                        "storage node {addr} did not take the append within {} s",
+                        SEND_DEADLINE.as_secs()
+                    ))));
+                    continue;
+                }
                 let id = ids.fetch_add(1, Ordering::Relaxed);
                 state.lock().insert(
                     id,
