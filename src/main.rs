@@ -167,6 +167,20 @@ struct ServeArgs {
     /// How often retention (retention.ms, retention.bytes) is applied, in ms [default: 30000].
     #[arg(long, env = "WEIR_RETENTION_CHECK_INTERVAL_MS")]
     retention_check_interval_ms: Option<u64>,
+    /// How often small flush objects are compacted into per-partition segments, in ms; 0
+    /// turns compaction off [default: 60000].
+    #[arg(long, env = "WEIR_COMPACTION_INTERVAL_MS")]
+    compaction_interval_ms: Option<u64>,
+    /// Target size of compacted segments, in bytes [default: 67108864].
+    #[arg(long, env = "WEIR_SEGMENT_BYTES")]
+    segment_bytes: Option<usize>,
+    /// Only objects at least this old are compacted, in ms [default: 60000].
+    #[arg(long, env = "WEIR_COMPACTION_MIN_AGE_MS")]
+    compaction_min_age_ms: Option<u64>,
+    /// How long compacted-away objects stay readable before they are deleted, in ms
+    /// [default: 60000].
+    #[arg(long, env = "WEIR_COMPACTION_GRACE_MS")]
+    compaction_grace_ms: Option<u64>,
     /// Most record bytes one Fetch response returns, whatever the client asks (Kafka's broker
     /// fetch.max.bytes) [default: 16777216].
     #[arg(long, env = "WEIR_FETCH_MAX_BYTES")]
@@ -248,6 +262,10 @@ struct FileSettings {
     default_partitions: Option<i32>,
     max_request_bytes: Option<usize>,
     retention_check_interval_ms: Option<u64>,
+    compaction_interval_ms: Option<u64>,
+    segment_bytes: Option<usize>,
+    compaction_min_age_ms: Option<u64>,
+    compaction_grace_ms: Option<u64>,
     fetch_max_bytes: Option<usize>,
     group_initial_rebalance_delay_ms: Option<u64>,
     log_format: Option<LogFormat>,
@@ -279,6 +297,7 @@ struct ServeSettings {
     default_partitions: i32,
     max_request_bytes: usize,
     retention_check_interval: Duration,
+    compaction: weir_gateway::compaction::CompactionConfig,
     fetch_max_bytes: usize,
     group_initial_rebalance_delay: Duration,
     log_format: LogFormat,
@@ -450,6 +469,31 @@ impl ServeArgs {
                     .unwrap_or(30_000)
                     .max(10),
             ),
+            compaction: {
+                let d = weir_gateway::compaction::CompactionConfig::default();
+                let ms = |flag: Option<u64>, file: Option<u64>, default: Duration| {
+                    flag.or(file).map(Duration::from_millis).unwrap_or(default)
+                };
+                weir_gateway::compaction::CompactionConfig {
+                    interval: ms(
+                        self.compaction_interval_ms,
+                        file.compaction_interval_ms,
+                        d.interval,
+                    ),
+                    segment_bytes: self
+                        .segment_bytes
+                        .or(file.segment_bytes)
+                        .unwrap_or(d.segment_bytes)
+                        .clamp(1 << 10, u32::MAX as usize / 2),
+                    min_age: ms(
+                        self.compaction_min_age_ms,
+                        file.compaction_min_age_ms,
+                        d.min_age,
+                    ),
+                    grace: ms(self.compaction_grace_ms, file.compaction_grace_ms, d.grace),
+                    ..d
+                }
+            },
             fetch_max_bytes: self
                 .fetch_max_bytes
                 .or(file.fetch_max_bytes)
@@ -603,6 +647,7 @@ async fn serve(settings: ServeSettings) -> Result<()> {
         default_partitions: settings.default_partitions,
         max_request_bytes: settings.max_request_bytes,
         retention_check_interval: settings.retention_check_interval,
+        compaction: settings.compaction.clone(),
         fetch_max_bytes: settings.fetch_max_bytes,
         groups: weir_gateway::groups::GroupConfig {
             initial_rebalance_delay: settings.group_initial_rebalance_delay,

@@ -291,6 +291,20 @@ impl Registry {
         self.notify();
     }
 
+    /// Compaction switched a run of the partition's entries to `segment` (same offsets).
+    pub fn compacted(&self, tp: TopicPartition, segment: &IndexEntry) {
+        if let Some(log) = self.partition(tp) {
+            let mut state = log.lock();
+            let covered = |e: &IndexEntry| {
+                e.base_offset >= segment.base_offset && e.last_offset <= segment.last_offset
+            };
+            if let Some(at) = state.recent.iter().position(covered) {
+                state.recent.retain(|e| !covered(e));
+                state.recent.insert(at, segment.clone());
+            }
+        }
+    }
+
     /// Ends every long poll (shutdown).
     pub fn close(&self) {
         self.closing

@@ -18,6 +18,7 @@
 pub mod authz;
 pub mod batch;
 pub mod broker;
+pub mod compaction;
 pub mod config;
 pub mod conn;
 pub mod consumer_groups;
@@ -76,6 +77,8 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// New connections per second over all listeners; more are closed at once.
     pub max_connections_per_second: u32,
+    /// Background compaction of small flush objects into per-partition segments.
+    pub compaction: compaction::CompactionConfig,
 }
 
 impl Default for GatewayConfig {
@@ -93,6 +96,7 @@ impl Default for GatewayConfig {
             fetch_max_bytes: 16 << 20,
             max_connections: 10_000,
             max_connections_per_second: 1_000,
+            compaction: compaction::CompactionConfig::default(),
         }
     }
 }
@@ -242,6 +246,32 @@ pub async fn run(
             }
         })
     };
+    let compactor = {
+        let gateway = gateway.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let every = gateway.config.compaction.interval;
+            if every.is_zero() {
+                return;
+            }
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let switched = tokio::select! {
+                            n = gateway.compact() => n,
+                            _ = shutdown.cancelled() => return,
+                        };
+                        if switched > 0 {
+                            tracing::debug!(segments = switched, "compaction pass");
+                        }
+                    }
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
     let ticker = {
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
@@ -325,6 +355,7 @@ pub async fn run(
         connections.abort_all();
     }
     let _ = retention.await;
+    let _ = compactor.await;
     let _ = ticker.await;
 }
 

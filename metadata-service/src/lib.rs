@@ -269,6 +269,19 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// commit. Returns one outcome per commit, in order.
     async fn commit_index(&self, commits: Vec<PartitionCommit>) -> Result<Vec<CommitOutcome>>;
 
+    /// Replaces a run of a partition's index entries with one entry covering the same
+    /// offsets and bytes (compaction wrote them into one segment object). Atomic, and only
+    /// if the index still holds exactly `old` (same base offsets and objects): returns
+    /// `None` when retention, a truncation or another compaction changed them first, else
+    /// the objects nothing refers to any more (the caller deletes them after a grace period,
+    /// so that reads in flight finish).
+    async fn replace_index(
+        &self,
+        tp: TopicPartition,
+        old: Vec<IndexEntry>,
+        new: IndexEntry,
+    ) -> Result<Option<Vec<String>>>;
+
     /// Index entries of a partition whose last offset is >= `offset`, ascending, at most `limit`.
     async fn index_from(
         &self,
@@ -346,3 +359,38 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
 
 #[cfg(test)]
 mod tests;
+
+/// Checks that `new` covers exactly the contiguous run `old` of partition `tp` (same offsets,
+/// bytes and batches), as [`MetadataStore::replace_index`] requires.
+pub(crate) fn check_replacement(
+    tp: TopicPartition,
+    old: &[IndexEntry],
+    new: &IndexEntry,
+) -> Result<()> {
+    let invalid = |why: &str| Err(MetadataError::Invalid(format!("index replacement: {why}")));
+    let (Some(first), Some(last)) = (old.first(), old.last()) else {
+        return invalid("no entries to replace");
+    };
+    if new.tp != tp || old.iter().any(|e| e.tp != tp) {
+        return invalid("entries of another partition");
+    }
+    if old
+        .windows(2)
+        .any(|w| w[0].last_offset + 1 != w[1].base_offset)
+    {
+        return invalid("the entries are not contiguous");
+    }
+    let length: u64 = old.iter().map(|e| u64::from(e.length)).sum();
+    let batches: u64 = old.iter().map(|e| u64::from(e.batches)).sum();
+    if new.base_offset != first.base_offset
+        || new.last_offset != last.last_offset
+        || u64::from(new.length) != length
+        || u64::from(new.batches) != batches
+    {
+        return invalid("the new entry does not cover the same offsets and bytes");
+    }
+    if old.iter().any(|e| e.object == new.object) {
+        return invalid("the new entry must be in a new object");
+    }
+    Ok(())
+}

@@ -48,6 +48,11 @@ pub enum Request {
         from: PartitionIndex,
     },
     CommitIndex(Vec<PartitionCommit>),
+    ReplaceIndex {
+        tp: TopicPartition,
+        old: Vec<IndexEntry>,
+        new: IndexEntry,
+    },
     PartitionTail(TopicPartition),
     IndexFrom {
         tp: TopicPartition,
@@ -111,6 +116,7 @@ pub enum Response {
     Outcomes(Vec<CommitOutcome>),
     Entries(Vec<IndexEntry>),
     MaybeEntry(Option<IndexEntry>),
+    Replaced(Option<Vec<String>>),
     Truncation(Truncation),
     Number(i64),
     Offsets(Vec<CommittedOffset>),
@@ -156,6 +162,9 @@ impl MetadataServer {
                 Response::Tails(s.acquire_partitions(topic, from).await?)
             }
             Request::CommitIndex(commits) => Response::Outcomes(s.commit_index(commits).await?),
+            Request::ReplaceIndex { tp, old, new } => {
+                Response::Replaced(s.replace_index(tp, old, new).await?)
+            }
             Request::PartitionTail(tp) => Response::MaybeTail(s.partition_tail(tp).await?),
             Request::IndexFrom { tp, offset, limit } => Response::Entries(
                 s.index_from(tp, offset, usize::try_from(limit).unwrap_or(usize::MAX))
@@ -333,6 +342,15 @@ impl MetadataStore for RemoteStore {
 
     async fn commit_index(&self, commits: Vec<PartitionCommit>) -> Result<Vec<CommitOutcome>> {
         expect!(self, Request::CommitIndex(commits), Response::Outcomes(o) => o)
+    }
+
+    async fn replace_index(
+        &self,
+        tp: TopicPartition,
+        old: Vec<IndexEntry>,
+        new: IndexEntry,
+    ) -> Result<Option<Vec<String>>> {
+        expect!(self, Request::ReplaceIndex { tp, old, new }, Response::Replaced(r) => r)
     }
 
     async fn index_from(

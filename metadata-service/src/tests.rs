@@ -235,6 +235,85 @@ async fn truncation_releases_objects(store: &dyn MetadataStore) -> anyhow::Resul
     Ok(())
 }
 
+async fn compaction_replaces_entries(store: &dyn MetadataStore) -> anyhow::Result<()> {
+    let t = store.create_topic("compact", 2, BTreeMap::new()).await?;
+    let epoch = store.acquire_partitions(t.id, 0).await?[0]
+        .state
+        .leader_epoch;
+    let p0 = TopicPartition {
+        topic_id: t.id,
+        partition: 0,
+    };
+    let p1 = TopicPartition {
+        topic_id: t.id,
+        partition: 1,
+    };
+    // Five flushes of p0; the first object also holds p1.
+    store
+        .commit_index(vec![
+            commit(epoch, entry(p0, 0, 9, 100, "f1", 100)),
+            commit(epoch, entry(p1, 0, 9, 100, "f1", 100)),
+        ])
+        .await?;
+    for (i, object) in ["f2", "f3", "f4", "f5"].iter().enumerate() {
+        let base = 10 * (i as i64 + 1);
+        store
+            .commit_index(vec![commit(
+                epoch,
+                entry(p0, base, base + 9, 100 + base, object, 100),
+            )])
+            .await?;
+    }
+    let old = store.index_from(p0, 0, 100).await?;
+    assert_eq!(old.len(), 5);
+    // A replacement must cover the run exactly.
+    let mut wrong = entry(p0, 0, 38, 140, "seg1", 400);
+    wrong.batches = 4;
+    assert!(store
+        .replace_index(p0, old[..4].to_vec(), wrong)
+        .await
+        .is_err());
+    let mut segment = entry(p0, 0, 39, 130, "seg1", 400);
+    segment.batches = 4;
+    let dead = store
+        .replace_index(p0, old[..4].to_vec(), segment.clone())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("replacement refused"))?;
+    // f1 is still used by p1; f2..f4 are free.
+    let mut dead = dead;
+    dead.sort();
+    assert_eq!(dead, vec!["f2", "f3", "f4"]);
+    let now = store.index_from(p0, 0, 100).await?;
+    assert_eq!(now, vec![segment.clone(), old[4].clone()]);
+    assert_eq!(store.index_from(p0, 25, 100).await?[0], segment);
+    // The same replacement again finds other entries: refused, nothing changes.
+    let mut again = segment.clone();
+    again.object = "seg2".into();
+    assert_eq!(
+        store.replace_index(p0, old[..4].to_vec(), again).await?,
+        None
+    );
+    assert_eq!(store.index_from(p0, 0, 100).await?, now);
+    let live = store.live_objects().await?;
+    assert!(live.contains(&"seg1".to_string()) && !live.contains(&"f2".to_string()));
+    // Appends go on after the segment; retention then drops it whole.
+    store
+        .commit_index(vec![commit(epoch, entry(p0, 50, 59, 500, "f6", 100))])
+        .await?;
+    let tr = store
+        .apply_retention(
+            p0,
+            RetentionLimits {
+                min_timestamp: Some(135),
+                max_bytes: None,
+            },
+        )
+        .await?;
+    assert_eq!(tr.log_start_offset, 40);
+    assert_eq!(tr.dead_objects, vec!["seg1".to_string()]);
+    Ok(())
+}
+
 async fn producer_state_is_kept(store: &dyn MetadataStore) -> anyhow::Result<()> {
     let a = store.allocate_producer_id().await?;
     let b = store.allocate_producer_id().await?;
@@ -600,6 +679,14 @@ macro_rules! suite {
                     return Ok(());
                 };
                 super::truncation_releases_objects(s.as_ref()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn compaction_replaces_entries() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::compaction_replaces_entries(s.as_ref()).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -151,6 +151,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Deletes objects nothing refers to any more.
     async fn delete_objects(&self, objects: Vec<String>);
 
+    /// Compaction: copies the byte ranges of `entries` (a contiguous run of `tp`'s index, in
+    /// order) verbatim into one new segment object and returns the index entry covering them
+    /// there. The caller switches the index to it, or deletes the segment if the switch is
+    /// refused.
+    async fn compact(&self, tp: TopicPartition, entries: Vec<IndexEntry>) -> Result<IndexEntry>;
+
     /// Every object in the store.
     async fn list_objects(&self) -> Result<Vec<String>>;
 
@@ -465,6 +471,54 @@ impl Storage for ObjectStorage {
         }
     }
 
+    async fn compact(&self, tp: TopicPartition, entries: Vec<IndexEntry>) -> Result<IndexEntry> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Err(StorageError::Invalid("nothing to compact".into()));
+        };
+        if entries.iter().any(|e| e.tp != tp)
+            || entries
+                .windows(2)
+                .any(|w| w[0].last_offset + 1 != w[1].base_offset)
+        {
+            return Err(StorageError::Invalid(
+                "compaction needs a contiguous run of one partition's entries".into(),
+            ));
+        }
+        let total: usize = entries.iter().map(|e| e.length as usize).sum();
+        let length = u32::try_from(total)
+            .map_err(|_| StorageError::Invalid(format!("segment of {total} bytes")))?;
+        let mut data = BytesMut::with_capacity(total + 128);
+        for e in &entries {
+            let bytes = self.read(tp, &e.object, e.position, e.length).await?;
+            if bytes.len() != e.length as usize {
+                return Err(StorageError::Corrupt(format!(
+                    "{}: {} bytes at {} are {} bytes long",
+                    e.object,
+                    e.length,
+                    e.position,
+                    bytes.len()
+                )));
+            }
+            data.extend_from_slice(&bytes);
+        }
+        let footer = FooterEntry {
+            tp,
+            base_offset: first.base_offset,
+            last_offset: last.last_offset,
+            max_timestamp: entries.iter().map(|e| e.max_timestamp).max().unwrap_or(-1),
+            position: 0,
+            length,
+            batches: entries.iter().map(|e| e.batches).sum(),
+        };
+        object::write_footer(&mut data, std::slice::from_ref(&footer));
+        let key = new_object_key();
+        let object = data.freeze();
+        self.inner.metrics.request("put", object.len());
+        write_object(&self.inner, &key, object).await?;
+        self.inner.metrics.compacted(entries.len());
+        Ok(footer.to_index_entry(&key))
+    }
+
     async fn list_objects(&self) -> Result<Vec<String>> {
         self.inner.metrics.request("list", 0);
         let prefix = ObjectPath::from(DATA_PREFIX);
@@ -629,11 +683,7 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
     let entries: Vec<FooterEntry> = runs.iter().map(|r| r.entry).collect();
     object::write_footer(&mut data, &entries);
     let object = data.freeze().slice(pad..);
-    let key = format!(
-        "{DATA_PREFIX}/{:013}-{}.wseg",
-        weir_common::now_ms(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let key = new_object_key();
     let started = Instant::now();
     inner.metrics.request("put", object.len());
     if let Err(e) = write_object(inner, &key, object.clone()).await {
@@ -700,6 +750,16 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
         .flushed(object.len(), runs_len, written, started.elapsed());
     tracing::trace!(object = %key, bytes = object.len(), write_ms = written.as_millis() as u64,
         total_ms = started.elapsed().as_millis() as u64, "flushed");
+}
+
+/// A fresh object key: `data/<ms since the epoch>-<uuid>.wseg` (the time lets the orphan
+/// sweep leave recent objects alone).
+fn new_object_key() -> String {
+    format!(
+        "{DATA_PREFIX}/{:013}-{}.wseg",
+        weir_common::now_ms(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 fn fail_all(runs: Vec<Run>, error: &StorageError) {

@@ -1,5 +1,5 @@
 //! The storage service's metrics: object store requests and bytes, read-cache hits and
-//! misses, flush sizes and latencies. Registered on the admin API's `/metrics`.
+//! misses, flush sizes and latencies, compaction segments. Registered on the admin API's `/metrics`.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,6 +19,8 @@ pub struct StorageMetrics {
     flush_partitions: Histogram,
     flush_write_seconds: Histogram,
     flush_seconds: Histogram,
+    segments: Counter,
+    segment_inputs: Counter,
 }
 
 impl Default for StorageMetrics {
@@ -33,6 +35,8 @@ impl Default for StorageMetrics {
             // 0.5 ms .. ~8 s
             flush_write_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
             flush_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
+            segments: Counter::default(),
+            segment_inputs: Counter::default(),
         }
     }
 }
@@ -89,6 +93,12 @@ impl StorageMetrics {
         self.flush_seconds.observe(total.as_secs_f64());
     }
 
+    /// A compaction segment written from `inputs` index entries.
+    pub(crate) fn compacted(&self, inputs: usize) {
+        self.segments.inc();
+        self.segment_inputs.inc_by(inputs as u64);
+    }
+
     /// Object store requests of one kind so far.
     pub fn requests(&self, op: &'static str) -> u64 {
         self.requests.get_or_create(&vec![("op", op)]).get()
@@ -136,6 +146,16 @@ impl StorageMetrics {
             "weir_storage_flush_seconds",
             "Time to write and commit each flushed object",
             self.flush_seconds.clone(),
+        );
+        registry.register(
+            "weir_storage_compaction_segments",
+            "Segment objects written by compaction",
+            self.segments.clone(),
+        );
+        registry.register(
+            "weir_storage_compaction_inputs",
+            "Index entries merged into compaction segments",
+            self.segment_inputs.clone(),
         );
     }
 }

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use weir_common::{PartitionCommit, TopicPartition};
+use weir_common::{IndexEntry, PartitionCommit, TopicPartition};
 use weir_rpc::{SessionReceiver, SessionSender};
 
 /// The storage protocol's ALPN id: service name and version.
@@ -72,6 +72,10 @@ pub enum Request {
     },
     Delete(Vec<String>),
     List,
+    Compact {
+        tp: TopicPartition,
+        entries: Vec<IndexEntry>,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -79,6 +83,7 @@ pub enum Request {
 pub enum Response {
     Data(Bytes),
     Objects(Vec<String>),
+    Entry(IndexEntry),
     Done,
     Error(StorageError),
 }
@@ -148,6 +153,10 @@ impl weir_rpc::Handler for StorageServer {
             }
             Request::List => match self.storage.list_objects().await {
                 Ok(objects) => Response::Objects(objects),
+                Err(e) => Response::Error(e),
+            },
+            Request::Compact { tp, entries } => match self.storage.compact(tp, entries).await {
+                Ok(entry) => Response::Entry(entry),
                 Err(e) => Response::Error(e),
             },
         }
@@ -476,6 +485,17 @@ impl Storage for RemoteStorage {
                 Ok(_) => return,
                 Err(e) => tracing::warn!(node = %node.addr, error = %e, "object delete failed"),
             }
+        }
+    }
+
+    async fn compact(&self, tp: TopicPartition, entries: Vec<IndexEntry>) -> Result<IndexEntry> {
+        // The partition's node: its cache holds the partition's recent objects.
+        match self
+            .call(self.node(tp), Request::Compact { tp, entries })
+            .await?
+        {
+            Response::Entry(entry) => Ok(entry),
+            other => Err(unexpected(&other)),
         }
     }
 

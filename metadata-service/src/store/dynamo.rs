@@ -804,6 +804,86 @@ impl DynamoStore {
         }
     }
 
+    async fn replace(
+        &self,
+        tp: TopicPartition,
+        old: &[IndexEntry],
+        new: &IndexEntry,
+    ) -> Result<Option<Vec<String>>> {
+        crate::check_replacement(tp, old, new)?;
+        let mut released: BTreeMap<&str, i64> = BTreeMap::new();
+        for e in old {
+            *released.entry(e.object.as_str()).or_default() += 1;
+        }
+        if old.len() + released.len() + 1 > MAX_TRANSACTION_ITEMS {
+            return Err(MetadataError::Invalid(format!(
+                "index replacement of {} entries is over one transaction",
+                old.len()
+            )));
+        }
+        let same_object = |e: &IndexEntry| {
+            (
+                "#o = :old".to_string(),
+                HashMap::from([("#o".to_string(), "object".to_string())]),
+                HashMap::from([(":old".to_string(), s(e.object.as_str()))]),
+            )
+        };
+        // The new entry takes the first old entry's key; the others are deleted. Each is
+        // conditioned on still naming the object the caller compacted.
+        let (cond, names, values) = same_object(&old[0]);
+        let mut ops = vec![transact_put(
+            Put::builder()
+                .table_name(&self.index)
+                .set_item(Some(entry_item(new)))
+                .condition_expression(cond)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
+                .build(),
+        )?];
+        for e in &old[1..] {
+            let (cond, names, values) = same_object(e);
+            ops.push(transact_delete(
+                Delete::builder()
+                    .table_name(&self.index)
+                    .set_key(Some(HashMap::from([
+                        ("pk".to_string(), s(index_pk(tp))),
+                        ("sk".to_string(), n(e.base_offset)),
+                    ])))
+                    .condition_expression(cond)
+                    .set_expression_attribute_names(Some(names))
+                    .set_expression_attribute_values(Some(values))
+                    .build(),
+            )?);
+        }
+        for (object, count) in &released {
+            ops.push(self.refs_update(object, -count)?);
+        }
+        ops.push(self.refs_update(&new.object, 1)?);
+        self.entries.invalidate(&tp);
+        let applied = match self.transact(ops).await {
+            Ok(applied) => applied,
+            // The answer was lost: the new entry tells whether the transaction landed.
+            Err(e) => {
+                if self.holds_entry(new).await? {
+                    true
+                } else {
+                    return Err(e);
+                }
+            }
+        };
+        self.entries.invalidate(&tp);
+        if !applied {
+            return Ok(None);
+        }
+        let mut dead = Vec::new();
+        for object in released.keys() {
+            if self.delete_if_unreferenced(object).await? {
+                dead.push(object.to_string());
+            }
+        }
+        Ok(Some(dead))
+    }
+
     /// Whether the index holds exactly this entry (same base offset, same object).
     async fn holds_entry(&self, e: &IndexEntry) -> Result<bool> {
         let k = HashMap::from([
@@ -1503,6 +1583,15 @@ impl MetadataStore for DynamoStore {
             }
         }
         Ok(best)
+    }
+
+    async fn replace_index(
+        &self,
+        tp: TopicPartition,
+        old: Vec<IndexEntry>,
+        new: IndexEntry,
+    ) -> Result<Option<Vec<String>>> {
+        self.replace(tp, &old, &new).await
     }
 
     async fn delete_records(&self, tp: TopicPartition, offset: Offset) -> Result<Truncation> {

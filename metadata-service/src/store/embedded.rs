@@ -611,6 +611,55 @@ impl MetadataStore for EmbeddedStore {
         .await
     }
 
+    async fn replace_index(
+        &self,
+        tp: TopicPartition,
+        old: Vec<IndexEntry>,
+        new: IndexEntry,
+    ) -> Result<Option<Vec<String>>> {
+        crate::check_replacement(tp, &old, &new)?;
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let (t, p) = (tp.topic_id.as_u128(), tp.partition);
+            let dead = {
+                let mut index = txn.open_table(INDEX).map_err(backend)?;
+                let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
+                for e in &old {
+                    let held: Option<IndexEntry> =
+                        match index.get((t, p, e.base_offset)).map_err(backend)? {
+                            Some(v) => Some(decode(v.value())?),
+                            None => None,
+                        };
+                    if held.as_ref() != Some(e) {
+                        drop((index, objects));
+                        txn.abort().map_err(backend)?;
+                        return Ok(None);
+                    }
+                }
+                let mut dead = Vec::new();
+                for e in &old {
+                    index.remove((t, p, e.base_offset)).map_err(backend)?;
+                    dead.extend(release_object(&mut objects, &e.object)?);
+                }
+                index
+                    .insert((t, p, new.base_offset), encode(&new)?.as_slice())
+                    .map_err(backend)?;
+                let refs = objects
+                    .get(new.object.as_str())
+                    .map_err(backend)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                objects
+                    .insert(new.object.as_str(), refs + 1)
+                    .map_err(backend)?;
+                dead
+            };
+            txn.commit().map_err(backend)?;
+            Ok(Some(dead))
+        })
+        .await
+    }
+
     async fn delete_records(&self, tp: TopicPartition, offset: Offset) -> Result<Truncation> {
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
