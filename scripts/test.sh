@@ -8,8 +8,8 @@
 #
 # An S3- and DynamoDB-compatible server (moto, scripts/moto_server.py) runs on 127.0.0.1 for
 # the whole run: the metadata conformance suite and the S3 storage tests run against it, and
-# the produce/consume/group end-to-end tests run a second time with
-# `weir serve --metadata dynamodb://... --object-store s3://...`.
+# the whole end-to-end suite runs a second time with every server on
+# `--metadata dynamodb://... --object-store s3://...` (WEIR_E2E_METADATA, WEIR_E2E_OBJECT_STORE).
 #
 # Environment:
 #   WEIR_BIN        test this binary instead of target/release/weir
@@ -121,9 +121,7 @@ log "end-to-end tests against $WEIR_BIN"
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m pytest tests/e2e -v ${PYTEST_ARGS:-} </dev/null
 
-log "end-to-end produce/consume/group tests again, on the AWS backends: metadata in DynamoDB, objects in S3 (moto)"
+log "the whole end-to-end suite again, on the AWS backends: metadata in DynamoDB, objects in S3 (moto)"
 # shellcheck disable=SC2086
 WEIR_E2E_METADATA=dynamodb WEIR_E2E_OBJECT_STORE=s3 "$VENV/bin/python" -m pytest -v ${PYTEST_ARGS:-} \
-  tests/e2e/test_produce_consume.py tests/e2e/test_groups.py tests/e2e/test_idempotence.py \
-  tests/e2e/test_durability.py tests/e2e/test_list_offsets.py tests/e2e/test_compression.py \
-  tests/e2e/test_retention.py </dev/null
+  tests/e2e </dev/null

@@ -93,10 +93,11 @@ def test_partitions_spread_over_two_storage_nodes(weir_factory, weir_service, tm
            f"?ca={tls / 'ca.pem'}")
     weir = weir_factory("--metadata", meta, "--storage", url)
     topic = unique_topic("nodes")
-    create_topic(weir.bootstrap, topic, partitions=8)
-    acked, errors = produce_numbered(weir.bootstrap, topic, 0, 4000, 8)
+    # 16 partitions: the chance that all hash to one of two nodes is 2 in 65,536.
+    create_topic(weir.bootstrap, topic, partitions=16)
+    acked, errors = produce_numbered(weir.bootstrap, topic, 0, 4000, 16)
     assert not errors, errors[:3]
-    read = read_all(weir.bootstrap, topic, 8, {p: len(v) for p, v in acked.items()})
+    read = read_all(weir.bootstrap, topic, 16, {p: len(v) for p, v in acked.items()})
     assert_exactly_once(acked, read)
     assert sum(len(v) for v in read.values()) == 4000
     per_node = [puts(port) for port in ports]
