@@ -18,7 +18,7 @@ use bytes::{Buf, BytesMut};
 pub const HEADER_LEN: usize = 61;
 /// Bytes of the header after the batch length field.
 const LENGTH_COVERED_HEADER: usize = HEADER_LEN - 12;
-const CRC_START: usize = 21;
+pub const CRC_START: usize = 21;
 
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
 const ATTR_TIMESTAMP_TYPE: i16 = 0x08;

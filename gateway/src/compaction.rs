@@ -8,8 +8,15 @@
 //! batches, verbatim, so a consumer reading across a switch sees the same log. A switch that
 //! lost a race (retention, DeleteRecords, a new leader) is refused and its segment deleted.
 //! Retention then drops whole segments.
+//!
+//! Partitions of `cleanup.policy=compact` topics are key-compacted instead
+//! ([`crate::key_compaction`]): the same switch, with runs rewritten to their keys' latest
+//! records.
 
+use crate::config::TopicSettings;
+use crate::key_compaction;
 use crate::Gateway;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_common::{IndexEntry, TopicPartition};
@@ -97,12 +104,18 @@ impl Gateway {
             .saturating_sub(i64::try_from(config.min_age.as_millis()).unwrap_or(i64::MAX));
         let mut switched = 0;
         for topic in self.registry.all() {
+            let settings = topic.settings();
             for p in 0..topic.partition_count() {
                 let tp = TopicPartition {
                     topic_id: topic.id,
                     partition: p,
                 };
-                match self.compact_partition(tp, cutoff).await {
+                let pass = if settings.compact_policy {
+                    self.compact_keys(tp, &settings, cutoff).await
+                } else {
+                    self.compact_partition(tp, cutoff).await
+                };
+                match pass {
                     Ok(n) => switched += n,
                     Err(e) => {
                         tracing::warn!(topic = %topic.name, partition = p, error = %e, "compaction failed")
@@ -141,35 +154,167 @@ impl Gateway {
                 .compact(tp, run.clone())
                 .await
                 .map_err(|e| e.to_string())?;
-            match self
-                .meta
-                .replace_index(tp, run.clone(), segment.clone())
-                .await
-            {
-                Ok(Some(dead)) => {
-                    self.registry.compacted(tp, &segment);
-                    tracing::debug!(?tp, inputs = run.len(), bytes = segment.length,
-                        segment = %segment.object, "compacted");
-                    switched += 1;
-                    if !dead.is_empty() {
-                        let gateway = self.clone();
-                        let grace = config.grace;
-                        tokio::spawn(async move {
-                            tokio::time::sleep(grace).await;
-                            gateway.storage.delete_objects(dead).await;
-                        });
-                    }
-                }
-                Ok(None) => {
-                    // Retention or a truncation changed the entries first: nothing refers
-                    // to the segment.
-                    self.storage.delete_objects(vec![segment.object]).await;
-                    return Ok(switched);
-                }
-                // The outcome is unknown: the segment stays (the orphan sweep removes it if
-                // the switch did not land).
-                Err(e) => return Err(e.to_string()),
+            if !self.switch(tp, run, segment).await? {
+                break;
             }
+            switched += 1;
+        }
+        Ok(switched)
+    }
+
+    /// Switches the index from `run` to `segment`; false when the switch was refused (the
+    /// entries changed first) and the segment deleted.
+    async fn switch(
+        self: &Arc<Self>,
+        tp: TopicPartition,
+        run: Vec<IndexEntry>,
+        segment: IndexEntry,
+    ) -> Result<bool, String> {
+        let inputs = run.len();
+        match self.meta.replace_index(tp, run, segment.clone()).await {
+            Ok(Some(dead)) => {
+                self.registry.compacted(tp, &segment);
+                tracing::debug!(?tp, inputs, bytes = segment.length,
+                    segment = %segment.object, "compacted");
+                if !dead.is_empty() {
+                    let gateway = self.clone();
+                    let grace = self.config.compaction.grace;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        gateway.storage.delete_objects(dead).await;
+                    });
+                }
+                Ok(true)
+            }
+            Ok(None) => {
+                // Retention, a truncation or a new leader changed the entries first:
+                // nothing refers to the segment.
+                self.storage.delete_objects(vec![segment.object]).await;
+                Ok(false)
+            }
+            // The outcome is unknown: the segment stays (the orphan sweep removes it if the
+            // switch did not land).
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Key compaction of one partition of a `cleanup.policy=compact` topic (see
+    /// [`crate::key_compaction`]); returns how many clean segments were switched in.
+    async fn compact_keys(
+        self: &Arc<Self>,
+        tp: TopicPartition,
+        settings: &TopicSettings,
+        cutoff: i64,
+    ) -> Result<usize, String> {
+        let Some(log) = self.registry.partition(tp) else {
+            return Ok(0);
+        };
+        let (start, hw) = {
+            let s = log.lock();
+            (s.log_start, s.high_watermark)
+        };
+        // The whole log below the high watermark.
+        let mut entries: Vec<IndexEntry> = Vec::new();
+        let mut from = start;
+        loop {
+            let page = self
+                .meta
+                .index_from(tp, from, ENTRIES_PER_PASS)
+                .await
+                .map_err(|e| e.to_string())?;
+            let full = page.len() == ENTRIES_PER_PASS;
+            let before = entries.len();
+            entries.extend(page.into_iter().filter(|e| e.last_offset < hw));
+            match entries.last() {
+                Some(last) if full && entries.len() > before => from = last.last_offset + 1,
+                _ => break,
+            }
+        }
+        let total: u64 = entries.iter().map(|e| u64::from(e.length)).sum();
+        let dirty: u64 = entries
+            .iter()
+            .filter(|e| !e.object.ends_with(weir_storage::CLEAN_SEGMENT_SUFFIX))
+            .map(|e| u64::from(e.length))
+            .sum();
+        if total == 0 || dirty * 1000 < u64::from(settings.min_cleanable_dirty_permille) * total {
+            return Ok(0);
+        }
+        if total > key_compaction::MAX_LOG_BYTES {
+            tracing::warn!(
+                ?tp,
+                bytes = total,
+                "partition too large for key compaction; skipped"
+            );
+            return Ok(0);
+        }
+        let mut latest = HashMap::new();
+        for e in &entries {
+            let bytes = self
+                .storage
+                .read(tp, &e.object, e.position, e.length)
+                .await
+                .map_err(|e| e.to_string())?;
+            key_compaction::scan_keys(&bytes, &mut latest)?;
+        }
+        let now = weir_common::now_ms();
+        let closed_before = cutoff.min(now.saturating_sub(settings.min_compaction_lag_ms));
+        let tombstones_before = now.saturating_sub(settings.delete_retention_ms);
+        let config = &self.config.compaction;
+        let closed: Vec<IndexEntry> = entries
+            .into_iter()
+            .take_while(|e| {
+                weir_storage::object_written_at(&e.object).is_none_or(|at| at < closed_before)
+            })
+            .collect();
+        let mut switched = 0;
+        let mut rest = closed.as_slice();
+        while !rest.is_empty() {
+            // A run: up to max_inputs entries and segment_bytes of input.
+            let mut n = 0;
+            let mut bytes = 0usize;
+            while n < rest.len()
+                && n < config.max_inputs
+                && (n == 0 || bytes + rest[n].length as usize <= config.segment_bytes)
+            {
+                bytes += rest[n].length as usize;
+                n += 1;
+            }
+            let (run, tail) = rest.split_at(n);
+            rest = tail;
+            let mut data = bytes::BytesMut::with_capacity(bytes);
+            for e in run {
+                let b = self
+                    .storage
+                    .read(tp, &e.object, e.position, e.length)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                data.extend_from_slice(&b);
+            }
+            let rewritten = key_compaction::rewrite(&data, &latest, tombstones_before)?;
+            let clean = run
+                .iter()
+                .all(|e| e.object.ends_with(weir_storage::CLEAN_SEGMENT_SUFFIX));
+            if rewritten.records_removed == 0 && (clean || run.len() == 1) {
+                continue;
+            }
+            let (Some(first), Some(last)) = (run.first(), run.last()) else {
+                continue;
+            };
+            let info = weir_storage::SegmentInfo {
+                base_offset: first.base_offset,
+                last_offset: last.last_offset,
+                max_timestamp: rewritten.max_timestamp,
+                batches: rewritten.batches,
+            };
+            let segment = self
+                .storage
+                .write_segment(tp, info, rewritten.data)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !self.switch(tp, run.to_vec(), segment).await? {
+                break;
+            }
+            switched += 1;
         }
         Ok(switched)
     }

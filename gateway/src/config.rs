@@ -186,6 +186,15 @@ pub struct TopicSettings {
     pub max_message_bytes: usize,
     pub log_append_time: bool,
     pub delete_policy: bool,
+    /// `cleanup.policy` includes `compact`: keep the latest record of each key.
+    pub compact_policy: bool,
+    /// How long tombstones survive key compaction (`delete.retention.ms`).
+    pub delete_retention_ms: i64,
+    /// Records younger than this are not key-compacted (`min.compaction.lag.ms`).
+    pub min_compaction_lag_ms: i64,
+    /// Key compaction runs once this share of the log (in thousandths) is not clean
+    /// (`min.cleanable.dirty.ratio`).
+    pub min_cleanable_dirty_permille: u32,
 }
 
 impl TopicSettings {
@@ -206,6 +215,19 @@ impl TopicSettings {
             delete_policy: get("cleanup.policy")
                 .split(',')
                 .any(|p| p.trim() == "delete"),
+            compact_policy: get("cleanup.policy")
+                .split(',')
+                .any(|p| p.trim() == "compact"),
+            delete_retention_ms: get("delete.retention.ms")
+                .trim()
+                .parse()
+                .unwrap_or(86_400_000),
+            min_compaction_lag_ms: get("min.compaction.lag.ms").trim().parse().unwrap_or(0),
+            min_cleanable_dirty_permille: get("min.cleanable.dirty.ratio")
+                .trim()
+                .parse::<f64>()
+                .map(|r| (r.clamp(0.0, 1.0) * 1000.0).round() as u32)
+                .unwrap_or(500),
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod consumer_groups;
 pub mod groups;
 pub mod guard;
 pub mod handlers;
+pub mod key_compaction;
 pub mod lag;
 pub mod listener;
 pub mod session;

@@ -270,7 +270,8 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     async fn commit_index(&self, commits: Vec<PartitionCommit>) -> Result<Vec<CommitOutcome>>;
 
     /// Replaces a run of a partition's index entries with one entry covering the same
-    /// offsets and bytes (compaction wrote them into one segment object). Atomic, and only
+    /// offsets (compaction wrote them into one segment object: the same bytes, or fewer when
+    /// key compaction dropped superseded records; the partition's byte count follows). Atomic, and only
     /// if the index still holds exactly `old` (same base offsets and objects): returns
     /// `None` when retention, a truncation or another compaction changed them first, else
     /// the objects nothing refers to any more (the caller deletes them after a grace period,
@@ -360,8 +361,8 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
 #[cfg(test)]
 mod tests;
 
-/// Checks that `new` covers exactly the contiguous run `old` of partition `tp` (same offsets,
-/// bytes and batches), as [`MetadataStore::replace_index`] requires.
+/// Checks that `new` covers exactly the offsets of the contiguous run `old` of partition `tp`,
+/// in no more bytes and batches, as [`MetadataStore::replace_index`] requires.
 pub(crate) fn check_replacement(
     tp: TopicPartition,
     old: &[IndexEntry],
@@ -384,13 +385,21 @@ pub(crate) fn check_replacement(
     let batches: u64 = old.iter().map(|e| u64::from(e.batches)).sum();
     if new.base_offset != first.base_offset
         || new.last_offset != last.last_offset
-        || u64::from(new.length) != length
-        || u64::from(new.batches) != batches
+        || u64::from(new.length) > length
+        || u64::from(new.batches) > batches
     {
-        return invalid("the new entry does not cover the same offsets and bytes");
+        return invalid("the new entry does not cover the same offsets in as many bytes or fewer");
     }
     if old.iter().any(|e| e.object == new.object) {
         return invalid("the new entry must be in a new object");
     }
     Ok(())
+}
+
+/// How many bytes a replacement removes from the partition (key compaction drops records).
+pub(crate) fn replaced_bytes(old: &[IndexEntry], new: &IndexEntry) -> u64 {
+    old.iter()
+        .map(|e| u64::from(e.length))
+        .sum::<u64>()
+        .saturating_sub(u64::from(new.length))
 }

@@ -311,6 +311,24 @@ async fn compaction_replaces_entries(store: &dyn MetadataStore) -> anyhow::Resul
         .await?;
     assert_eq!(tr.log_start_offset, 40);
     assert_eq!(tr.dead_objects, vec!["seg1".to_string()]);
+
+    // Key compaction: the same offsets in fewer bytes; the partition's byte count follows.
+    let bytes = |t: Option<PartitionTail>| t.map(|t| t.state.log_bytes).unwrap_or(0);
+    let before = bytes(store.partition_tail(p0).await?);
+    let run = store.index_from(p0, 40, 100).await?;
+    assert_eq!(run.len(), 2);
+    let mut bigger = entry(p0, 40, 59, 500, "k0", 201);
+    bigger.batches = 1;
+    assert!(store.replace_index(p0, run.clone(), bigger).await.is_err());
+    let clean = entry(p0, 40, 59, 500, "k1", 50);
+    let mut dead = store
+        .replace_index(p0, run, clean.clone())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("key compaction refused"))?;
+    dead.sort();
+    assert_eq!(dead, vec!["f5", "f6"]);
+    assert_eq!(before - bytes(store.partition_tail(p0).await?), 150);
+    assert_eq!(store.index_from(p0, 0, 100).await?, vec![clean]);
     Ok(())
 }
 

@@ -157,6 +157,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// refused.
     async fn compact(&self, tp: TopicPartition, entries: Vec<IndexEntry>) -> Result<IndexEntry>;
 
+    /// Key compaction: writes `data` (record batches of `tp` that the caller rebuilt, covering
+    /// `info`) as a new segment object and returns its index entry. Its key ends in
+    /// [`CLEAN_SEGMENT_SUFFIX`], so later passes know the range is already clean.
+    async fn write_segment(
+        &self,
+        tp: TopicPartition,
+        info: SegmentInfo,
+        data: Bytes,
+    ) -> Result<IndexEntry>;
+
     /// Every object in the store.
     async fn list_objects(&self) -> Result<Vec<String>>;
 
@@ -171,6 +181,18 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         Duration::ZERO
     }
 }
+
+/// What a segment written by [`Storage::write_segment`] covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SegmentInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub max_timestamp: i64,
+    pub batches: u32,
+}
+
+/// The key suffix of segments written by key compaction.
+pub const CLEAN_SEGMENT_SUFFIX: &str = ".kseg";
 
 /// When an object was written (ms since the epoch), from its key (`data/<ms>-<uuid>.wseg`).
 pub fn object_written_at(key: &str) -> Option<i64> {
@@ -510,13 +532,38 @@ impl Storage for ObjectStorage {
             length,
             batches: entries.iter().map(|e| e.batches).sum(),
         };
-        object::write_footer(&mut data, std::slice::from_ref(&footer));
-        let key = new_object_key();
-        let object = data.freeze();
-        self.inner.metrics.request("put", object.len());
-        write_object(&self.inner, &key, object).await?;
+        let entry = store_segment(&self.inner, footer, data, ".wseg").await?;
         self.inner.metrics.compacted(entries.len());
-        Ok(footer.to_index_entry(&key))
+        Ok(entry)
+    }
+
+    async fn write_segment(
+        &self,
+        tp: TopicPartition,
+        info: SegmentInfo,
+        data: Bytes,
+    ) -> Result<IndexEntry> {
+        let length = u32::try_from(data.len())
+            .map_err(|_| StorageError::Invalid(format!("segment of {} bytes", data.len())))?;
+        if info.last_offset < info.base_offset || data.is_empty() {
+            return Err(StorageError::Invalid(format!(
+                "empty or inverted segment {info:?}"
+            )));
+        }
+        let footer = FooterEntry {
+            tp,
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+            max_timestamp: info.max_timestamp,
+            position: 0,
+            length,
+            batches: info.batches,
+        };
+        let mut buf = BytesMut::with_capacity(data.len() + 128);
+        buf.extend_from_slice(&data);
+        let entry = store_segment(&self.inner, footer, buf, CLEAN_SEGMENT_SUFFIX).await?;
+        self.inner.metrics.compacted(1);
+        Ok(entry)
     }
 
     async fn list_objects(&self) -> Result<Vec<String>> {
@@ -683,7 +730,7 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
     let entries: Vec<FooterEntry> = runs.iter().map(|r| r.entry).collect();
     object::write_footer(&mut data, &entries);
     let object = data.freeze().slice(pad..);
-    let key = new_object_key();
+    let key = new_object_key(".wseg");
     let started = Instant::now();
     inner.metrics.request("put", object.len());
     if let Err(e) = write_object(inner, &key, object.clone()).await {
@@ -752,14 +799,29 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
         total_ms = started.elapsed().as_millis() as u64, "flushed");
 }
 
-/// A fresh object key: `data/<ms since the epoch>-<uuid>.wseg` (the time lets the orphan
+/// A fresh object key: `data/<ms since the epoch>-<uuid><suffix>` (the time lets the orphan
 /// sweep leave recent objects alone).
-fn new_object_key() -> String {
+fn new_object_key(suffix: &str) -> String {
     format!(
-        "{DATA_PREFIX}/{:013}-{}.wseg",
+        "{DATA_PREFIX}/{:013}-{}{suffix}",
         weir_common::now_ms(),
         uuid::Uuid::new_v4().simple()
     )
+}
+
+/// Writes one partition's segment (`data` plus a one-entry footer) under a new key.
+async fn store_segment(
+    inner: &Inner,
+    footer: FooterEntry,
+    mut data: BytesMut,
+    suffix: &str,
+) -> Result<IndexEntry> {
+    object::write_footer(&mut data, std::slice::from_ref(&footer));
+    let key = new_object_key(suffix);
+    let object = data.freeze();
+    inner.metrics.request("put", object.len());
+    write_object(inner, &key, object).await?;
+    Ok(footer.to_index_entry(&key))
 }
 
 fn fail_all(runs: Vec<Run>, error: &StorageError) {

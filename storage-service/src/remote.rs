@@ -22,8 +22,8 @@
 //! The ALPN id [`ALPN`] carries the protocol version.
 
 use crate::{
-    AppendBatch, AppendTicket, CommitObserver, ObjectStorage, Reservation, Result, Storage,
-    StorageError,
+    AppendBatch, AppendTicket, CommitObserver, ObjectStorage, Reservation, Result, SegmentInfo,
+    Storage, StorageError,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -75,6 +75,11 @@ pub enum Request {
     Compact {
         tp: TopicPartition,
         entries: Vec<IndexEntry>,
+    },
+    WriteSegment {
+        tp: TopicPartition,
+        info: SegmentInfo,
+        data: Bytes,
     },
 }
 
@@ -159,6 +164,12 @@ impl weir_rpc::Handler for StorageServer {
                 Ok(entry) => Response::Entry(entry),
                 Err(e) => Response::Error(e),
             },
+            Request::WriteSegment { tp, info, data } => {
+                match self.storage.write_segment(tp, info, data).await {
+                    Ok(entry) => Response::Entry(entry),
+                    Err(e) => Response::Error(e),
+                }
+            }
         }
     }
 
@@ -509,6 +520,21 @@ impl Storage for RemoteStorage {
         // The partition's node: its cache holds the partition's recent objects.
         match self
             .call(self.node(tp), Request::Compact { tp, entries })
+            .await?
+        {
+            Response::Entry(entry) => Ok(entry),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn write_segment(
+        &self,
+        tp: TopicPartition,
+        info: SegmentInfo,
+        data: Bytes,
+    ) -> Result<IndexEntry> {
+        match self
+            .call(self.node(tp), Request::WriteSegment { tp, info, data })
             .await?
         {
             Response::Entry(entry) => Ok(entry),

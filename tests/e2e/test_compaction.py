@@ -19,7 +19,7 @@ import time
 import urllib.request
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from conftest import dynamodb_url, free_port, s3_url
 from helpers import consumer, create_topic, producer, unique_topic, watermarks
@@ -182,3 +182,96 @@ def test_compaction_and_retention_under_load(weir_factory, weir_service, storage
     assert not again.errors, again.errors[:3]
     for q in range(3):
         assert again.seen[q] == sorted(acked[(kept, q)])
+
+
+def read_from_start(bootstrap: str, topic: str) -> list[tuple[int, bytes | None, bytes | None]]:
+    """Every record of partition 0 from the start to the high watermark: (offset, key, value)."""
+    end = watermarks(bootstrap, topic, 0)[1]
+    c = consumer(bootstrap, **{"enable.partition.eof": True})
+    out = []
+    try:
+        c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    if msg.offset() >= end:
+                        break
+                    continue
+                raise AssertionError(msg.error())
+            out.append((msg.offset(), msg.key(), msg.value()))
+    finally:
+        c.close()
+    return out
+
+
+def test_key_compaction_keeps_the_latest_value_of_each_key(weir_factory):
+    """cleanup.policy=compact: superseded values and old tombstones go, offsets stay."""
+    admin_port = free_port()
+    weir = weir_factory("--admin-listen", f"127.0.0.1:{admin_port}", *COMPACTING)
+    topic = unique_topic("keyed")
+    create_topic(weir.bootstrap, topic, partitions=1, config={
+        "cleanup.policy": "compact", "delete.retention.ms": "2000",
+        "min.cleanable.dirty.ratio": "0.01"})
+    p = producer(weir.bootstrap, **{"enable.idempotence": True, "linger.ms": 5,
+                                    "compression.type": "lz4"})
+    latest: dict[bytes, bytes | None] = {}
+    offsets: dict[bytes, int] = {}
+
+    def cb(err, msg):
+        assert err is None, err
+        offsets[msg.key()] = msg.offset()
+
+    # 20 rounds over 50 keys, spread over ~4 s so that compaction runs meanwhile; then
+    # tombstones for k0..k9.
+    for rnd in range(20):
+        for k in range(50):
+            key, value = f"k{k}".encode(), f"v{rnd}-{k}".encode()
+            p.produce(topic, key=key, value=value, on_delivery=cb)
+            latest[key] = value
+        p.poll(0)
+        time.sleep(0.2)
+    for k in range(10):
+        p.produce(topic, key=f"k{k}".encode(), value=None, on_delivery=cb)
+        latest[f"k{k}".encode()] = None
+    p.flush(30)
+    produced = 20 * 50 + 10
+
+    # Wait until compaction has removed every superseded value (tombstones may remain).
+    deadline = time.monotonic() + 60
+    while True:
+        got = read_from_start(weir.bootstrap, topic)
+        if len(got) <= 50 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(got) == 50, f"{len(got)} records left of {produced}"
+    offs = [o for o, _, _ in got]
+    assert offs == sorted(set(offs)), "offsets out of order or repeated"
+    # Each record left is its key's latest, at the offset it was written at.
+    assert {k: v for _, k, v in got} == latest
+    assert all(offsets[k] == o for o, k, _ in got)
+
+    # Once the tombstones are older than delete.retention.ms, a later pass (the log is dirty
+    # again after one more record) removes them: deleted keys are gone entirely.
+    time.sleep(2.5)
+    p.produce(topic, key=b"extra", value=b"x", on_delivery=cb)
+    p.flush(30)
+    deadline = time.monotonic() + 60
+    while True:
+        got = read_from_start(weir.bootstrap, topic)
+        if len(got) <= 41 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    keys = {k for _, k, _ in got}
+    assert keys == {f"k{k}".encode() for k in range(10, 50)} | {b"extra"}, sorted(keys)
+    assert all(v == latest.get(k, b"x") for _, k, v in got)
+    # The log end did not move back, and new records follow it.
+    low, high = watermarks(weir.bootstrap, topic, 0)
+    assert high == produced + 1
+
+    # A restart reads the same compacted log.
+    weir.restart()
+    assert read_from_start(weir.bootstrap, topic) == got

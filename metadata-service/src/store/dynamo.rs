@@ -815,7 +815,7 @@ impl DynamoStore {
         for e in old {
             *released.entry(e.object.as_str()).or_default() += 1;
         }
-        if old.len() + released.len() + 1 > MAX_TRANSACTION_ITEMS {
+        if old.len() + released.len() + 2 > MAX_TRANSACTION_ITEMS {
             return Err(MetadataError::Invalid(format!(
                 "index replacement of {} entries is over one transaction",
                 old.len()
@@ -859,6 +859,18 @@ impl DynamoStore {
             ops.push(self.refs_update(object, -count)?);
         }
         ops.push(self.refs_update(&new.object, 1)?);
+        let removed = crate::replaced_bytes(old, new);
+        if removed > 0 {
+            ops.push(transact_update(
+                Update::builder()
+                    .table_name(&self.meta)
+                    .set_key(Some(key(part_pk(tp.topic_id), part_sk(tp.partition))))
+                    .update_expression("ADD log_bytes :minus")
+                    .condition_expression("attribute_exists(pk)")
+                    .expression_attribute_values(":minus", n(-(removed as i64)))
+                    .build(),
+            )?);
+        }
         self.entries.invalidate(&tp);
         let applied = match self.transact(ops).await {
             Ok(applied) => applied,

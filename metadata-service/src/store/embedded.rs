@@ -644,6 +644,16 @@ impl MetadataStore for EmbeddedStore {
                 index
                     .insert((t, p, new.base_offset), encode(&new)?.as_slice())
                     .map_err(backend)?;
+                let removed = crate::replaced_bytes(&old, &new);
+                if removed > 0 {
+                    let mut parts = txn.open_table(PARTITIONS).map_err(backend)?;
+                    let mut state =
+                        read_partition(&parts, tp)?.ok_or(MetadataError::UnknownPartition(tp))?;
+                    state.log_bytes = state.log_bytes.saturating_sub(removed);
+                    parts
+                        .insert(pkey(tp), encode(&state)?.as_slice())
+                        .map_err(backend)?;
+                }
                 let refs = objects
                     .get(new.object.as_str())
                     .map_err(backend)?
