@@ -10,6 +10,8 @@
 # the whole run: the metadata conformance suite and the S3 storage tests run against it, and
 # the whole end-to-end suite runs a second time with every server on
 # `--metadata dynamodb://... --object-store s3://...` (WEIR_E2E_METADATA, WEIR_E2E_OBJECT_STORE).
+# Then the produce/consume tests run a third time with every gateway reaching a `weir
+# storage` node and a `weir metadata` service over QUIC (WEIR_E2E_STORAGE=node).
 #
 # Environment:
 #   WEIR_BIN        test this binary instead of target/release/weir
@@ -125,3 +127,9 @@ log "the whole end-to-end suite again, on the AWS backends: metadata in DynamoDB
 # shellcheck disable=SC2086
 WEIR_E2E_METADATA=dynamodb WEIR_E2E_OBJECT_STORE=s3 "$VENV/bin/python" -m pytest -v ${PYTEST_ARGS:-} \
   tests/e2e </dev/null
+
+log "produce/consume/group/idempotence/durability end-to-end tests again, through a 'weir storage' node and a 'weir metadata' service over QUIC"
+# shellcheck disable=SC2086
+WEIR_E2E_STORAGE=node "$VENV/bin/python" -m pytest -v ${PYTEST_ARGS:-} \
+  tests/e2e/test_produce_consume.py tests/e2e/test_groups.py tests/e2e/test_idempotence.py \
+  tests/e2e/test_durability.py </dev/null

@@ -20,6 +20,10 @@ session starts on 127.0.0.1 (scripts/moto_server.py). With WEIR_E2E_METADATA=dyn
 server gets `--metadata dynamodb://<fresh prefix>` on that endpoint, and with
 WEIR_E2E_OBJECT_STORE=s3 `--object-store s3://weir-e2e/<fresh prefix>` on the same moto
 server, so the same tests run against the AWS backends.
+
+Storage nodes: with WEIR_E2E_STORAGE=node every server gets its own `weir storage` node (and a
+`weir metadata` service unless its metadata is already shared) and reaches them over QUIC;
+its storage flags (object store, flush and cache settings) go to the node.
 """
 
 from __future__ import annotations
@@ -202,11 +206,36 @@ class WeirServer:
         if (os.environ.get("WEIR_E2E_METADATA") == "dynamodb"
                 and "--metadata" not in self.extra_args):
             self.extra_args += ["--metadata", dynamodb_url()]
+        # WEIR_E2E_STORAGE=node: the storage service runs as a `weir storage` node (with a
+        # `weir metadata` service unless the metadata is already shared), reached over QUIC.
+        self.services: list[WeirService] = []
+        self.node_mode = (os.environ.get("WEIR_E2E_STORAGE") == "node"
+                          and "--storage" not in self.extra_args)
         if (os.environ.get("WEIR_E2E_OBJECT_STORE") == "s3"
                 and "--object-store" not in self.extra_args):
             self.extra_args += ["--object-store", s3_url()]
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+
+    def _start_services(self) -> None:
+        """Node mode: starts the metadata service and the storage node this server uses, and
+        moves the storage flags (object store, flush and cache settings) to the node."""
+        args = self.extra_args
+        if "--metadata" not in args:
+            meta = WeirService(self.base_dir, "metadata").start()
+            self.services.append(meta)
+            args += ["--metadata", meta.url]
+        node_args = ["--metadata", args[args.index("--metadata") + 1]]
+        for flag in ("--object-store", "--flush-bytes", "--flush-interval-ms",
+                     "--max-buffered-bytes", "--cache-bytes", "--disk-cache-bytes"):
+            if flag in args:
+                i = args.index(flag)
+                node_args += [flag, args[i + 1]]
+                if flag == "--object-store":
+                    del args[i:i + 2]
+        node = WeirService(self.base_dir, "storage", node_args).start()
+        self.services.append(node)
+        args += ["--storage", node.url]
 
     # -- addresses -----------------------------------------------------------------
     @property
@@ -232,6 +261,8 @@ class WeirServer:
         if not binary.exists():
             pytest.fail(f"weir binary not found at {binary} (build it with `cargo build "
                         f"--release`, or set WEIR_BIN)", pytrace=False)
+        if self.node_mode and not self.services:
+            self._start_services()
         self.starts += 1
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start #{self.starts}: {' '.join(self.command())}\n".encode())
@@ -305,6 +336,10 @@ class WeirServer:
         if self in _LIVE_SERVERS:
             _LIVE_SERVERS.remove(self)
         forget_admin(self.bootstrap)
+        for svc in reversed(self.services):
+            if svc.proc and svc.proc.poll() is None:
+                svc.proc.kill()
+                svc.proc.wait(timeout=10)
 
     def _force_kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
