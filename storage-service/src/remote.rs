@@ -11,7 +11,9 @@
 //! - A partition's appends and reads go to one node, chosen by rendezvous hashing of the
 //!   partition over the node addresses: every gateway picks the same node, the node that
 //!   wrote a partition's tail has it in its cache, and adding a node moves only the
-//!   partitions that now hash to it.
+//!   partitions that now hash to it. A node that cannot be reached is passed over for
+//!   [`DOWN_FOR`] (its partitions go to their next node in the ranking), then tried again:
+//!   the nodes must share one object store, so any node can serve any object.
 //!
 //! The node commits each flushed object to the metadata store itself (its [`crate::IndexSink`]),
 //! so an append's outcome does not depend on the gateway staying connected. When a session
@@ -55,6 +57,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// An append that could not be sent within this long fails (it never reached a node, so
 /// the producer's retry cannot duplicate it).
 const SEND_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a node that could not be reached is passed over.
+pub const DOWN_FOR: Duration = Duration::from_secs(2);
 /// Most appends a node has accepted from one session and not yet answered.
 const MAX_UNANSWERED: usize = 65_536;
 /// Unreferenced objects younger than this may still be between their write and their index
@@ -299,9 +303,40 @@ enum Outgoing {
 struct Node {
     addr: String,
     client: Arc<weir_rpc::Client>,
+    health: Arc<Health>,
     /// To the node's append writer. Unbounded in messages, bounded in bytes: every append
     /// holds a [`Reservation`] of the gateway's buffer until its reply arrives.
     outgoing: mpsc::UnboundedSender<Outgoing>,
+}
+
+/// Whether a node was recently unreachable.
+#[derive(Debug)]
+struct Health {
+    started: Instant,
+    /// Milliseconds after `started` until which the node is passed over.
+    down_until: AtomicU64,
+}
+
+impl Health {
+    fn new() -> Self {
+        Health {
+            started: Instant::now(),
+            down_until: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn mark_down(&self) {
+        let until = self.now() + DOWN_FOR.as_millis() as u64;
+        self.down_until.store(until, Ordering::Relaxed);
+    }
+
+    fn is_up(&self) -> bool {
+        self.down_until.load(Ordering::Relaxed) <= self.now()
+    }
 }
 
 /// The [`Storage`] of a gateway whose storage service runs in other processes.
@@ -375,15 +410,18 @@ impl RemoteStorage {
                 .map_err(|e| StorageError::Unavailable(format!("storage node {addr}: {e}")))?;
             let client = Arc::new(client);
             let (outgoing, queue) = mpsc::unbounded_channel();
+            let health = Arc::new(Health::new());
             tokio::spawn(append_writer(
                 addr.to_string(),
                 client.clone(),
                 queue,
                 observer.clone(),
+                health.clone(),
             ));
             nodes.push(Node {
                 addr: addr.to_string(),
                 client,
+                health,
                 outgoing,
             });
         }
@@ -397,32 +435,59 @@ impl RemoteStorage {
         })
     }
 
-    /// The node that serves `tp`: the highest score of a hash of partition and node address
-    /// (rendezvous hashing; the same on every gateway).
-    fn node(&self, tp: TopicPartition) -> &Node {
+    /// The nodes in `tp`'s order of preference: by a hash of partition and node address,
+    /// highest first (rendezvous hashing; the same on every gateway).
+    fn ranked(&self, tp: TopicPartition) -> Vec<&Node> {
         let mut key = Vec::with_capacity(20);
         key.extend_from_slice(&tp.topic_id.as_u128().to_be_bytes());
         key.extend_from_slice(&tp.partition.to_be_bytes());
-        let mut best = &self.nodes[0];
-        let mut best_score = 0u64;
-        for node in &self.nodes {
-            let score = stable_hash(&[&key, node.addr.as_bytes()]);
-            if score >= best_score {
-                best = node;
-                best_score = score;
-            }
-        }
-        best
+        let mut nodes: Vec<(u64, &Node)> = self
+            .nodes
+            .iter()
+            .map(|n| (stable_hash(&[&key, n.addr.as_bytes()]), n))
+            .collect();
+        nodes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.addr.cmp(&b.1.addr)));
+        nodes.into_iter().map(|(_, n)| n).collect()
     }
 
-    async fn call(&self, node: &Node, request: Request) -> Result<Response> {
-        match node.client.call::<_, Response>(&request).await {
+    /// The node that serves `tp`: its first node in the ranking that is not passed over
+    /// (the first one when all are).
+    fn node(&self, tp: TopicPartition) -> &Node {
+        let ranked = self.ranked(tp);
+        ranked
+            .iter()
+            .find(|n| n.health.is_up())
+            .or(ranked.first())
+            .copied()
+            .unwrap_or(&self.nodes[0])
+    }
+
+    /// A call to `tp`'s node; when a node cannot be reached, the next one in the ranking.
+    async fn call_for(&self, tp: TopicPartition, request: Request) -> Result<Response> {
+        let mut ranked = self.ranked(tp);
+        // Nodes that are up first, keeping the ranking within each group.
+        ranked.sort_by_key(|n| !n.health.is_up());
+        let mut last = StorageError::Invalid("no storage nodes".into());
+        for node in ranked {
+            match self.call(node, &request).await {
+                Err(e @ StorageError::Unavailable(_)) => last = e,
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    async fn call(&self, node: &Node, request: &Request) -> Result<Response> {
+        match node.client.call::<_, Response>(request).await {
             Ok(Response::Error(e)) => Err(e),
             Ok(response) => Ok(response),
-            Err(e) => Err(StorageError::Unavailable(format!(
-                "storage node {}: {e}",
-                node.addr
-            ))),
+            Err(e) => {
+                node.health.mark_down();
+                Err(StorageError::Unavailable(format!(
+                    "storage node {}: {e}",
+                    node.addr
+                )))
+            }
         }
     }
 }
@@ -481,7 +546,10 @@ impl Storage for RemoteStorage {
     }
 
     fn discard(&self, tp: TopicPartition) {
-        let _ = self.node(tp).outgoing.send(Outgoing::Discard(tp));
+        // To every node: the partition's earlier appends may have gone to another one.
+        for node in &self.nodes {
+            let _ = node.outgoing.send(Outgoing::Discard(tp));
+        }
     }
 
     async fn read(
@@ -497,7 +565,7 @@ impl Storage for RemoteStorage {
             position,
             length,
         };
-        match self.call(self.node(tp), request).await? {
+        match self.call_for(tp, request).await? {
             Response::Data(bytes) => Ok(bytes),
             other => Err(unexpected(&other)),
         }
@@ -509,7 +577,7 @@ impl Storage for RemoteStorage {
         }
         // Any node can delete: they share the object store. Try each until one answers.
         for node in &self.nodes {
-            match self.call(node, Request::Delete(objects.clone())).await {
+            match self.call(node, &Request::Delete(objects.clone())).await {
                 Ok(_) => return,
                 Err(e) => tracing::warn!(node = %node.addr, error = %e, "object delete failed"),
             }
@@ -518,10 +586,7 @@ impl Storage for RemoteStorage {
 
     async fn compact(&self, tp: TopicPartition, entries: Vec<IndexEntry>) -> Result<IndexEntry> {
         // The partition's node: its cache holds the partition's recent objects.
-        match self
-            .call(self.node(tp), Request::Compact { tp, entries })
-            .await?
-        {
+        match self.call_for(tp, Request::Compact { tp, entries }).await? {
             Response::Entry(entry) => Ok(entry),
             other => Err(unexpected(&other)),
         }
@@ -534,7 +599,7 @@ impl Storage for RemoteStorage {
         data: Bytes,
     ) -> Result<IndexEntry> {
         match self
-            .call(self.node(tp), Request::WriteSegment { tp, info, data })
+            .call_for(tp, Request::WriteSegment { tp, info, data })
             .await?
         {
             Response::Entry(entry) => Ok(entry),
@@ -545,7 +610,7 @@ impl Storage for RemoteStorage {
     async fn list_objects(&self) -> Result<Vec<String>> {
         let mut last = StorageError::Invalid("no storage nodes".into());
         for node in &self.nodes {
-            match self.call(node, Request::List).await {
+            match self.call(node, &Request::List).await {
                 Ok(Response::Objects(objects)) => return Ok(objects),
                 Ok(other) => return Err(unexpected(&other)),
                 Err(e) => last = e,
@@ -572,6 +637,7 @@ async fn append_writer(
     client: Arc<weir_rpc::Client>,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     observer: Arc<dyn CommitObserver>,
+    health: Arc<Health>,
 ) {
     let ids = AtomicU64::new(0);
     let mut session: Option<(SessionSender<AppendMessage>, Arc<SessionState>)> = None;
@@ -603,6 +669,7 @@ async fn append_writer(
                         recv,
                         state.clone(),
                         observer.clone(),
+                        health.clone(),
                     ));
                     session = Some((send, state));
                     failed_at = None;
@@ -610,6 +677,7 @@ async fn append_writer(
                 Err(e) => {
                     tracing::warn!(node = %addr, error = %e, "cannot reach storage node");
                     failed_at = Some(Instant::now());
+                    health.mark_down();
                 }
             }
         }
@@ -650,6 +718,7 @@ async fn append_writer(
         };
         if let Err(e) = send.send(&message).await {
             state.fail_all(&addr, &e.to_string());
+            health.mark_down();
             session = None;
         }
     }
@@ -665,6 +734,7 @@ async fn read_replies(
     mut recv: SessionReceiver<AppendReply>,
     state: Arc<SessionState>,
     observer: Arc<dyn CommitObserver>,
+    health: Arc<Health>,
 ) {
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     let why = loop {
@@ -695,6 +765,7 @@ async fn read_replies(
             Err(e) => break e.to_string(),
         }
     };
+    health.mark_down();
     state.fail_all(&addr, &why);
 }
 

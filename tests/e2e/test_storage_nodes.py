@@ -2,8 +2,9 @@
 
 - The gateway produces and consumes through a storage node over QUIC, and a restarted
   gateway reads everything back from it.
-- Two storage nodes: partitions spread over both (each node writes objects), and every
-  record is read back.
+- Two storage nodes sharing one object store: partitions spread over both (each node writes
+  objects), every record is read back; after a kill -9 of one node, its partitions fail over
+  to the other with only retriable errors, and everything stays readable.
 - kill -9 of the storage node under load with idempotent producers: they see only retriable
   errors, and after the restart every acknowledged record is readable exactly once, in order.
 - A gateway started before its storage node answers with retriable errors and recovers when
@@ -78,16 +79,20 @@ def test_gateway_over_a_storage_node(weir_factory, weir_service):
     node.stop()
 
 
-def test_partitions_spread_over_two_storage_nodes(weir_factory, weir_service, tmp_path):
+def test_two_storage_nodes_share_partitions_and_fail_over(weir_factory, weir_service, tmp_path):
     meta = shared_metadata(weir_service)
-    # Both nodes present certificates of one CA, so one ?ca= serves the gateway.
+    # Both nodes present certificates of one CA, so one ?ca= serves the gateway, and they
+    # share one object store (as nodes must: any node can then serve any object).
     tls = tmp_path / "tls"
     subprocess.run([str(weir_bin()), "tls", "generate", "--out", str(tls)], check=True,
                    capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
-    certs = ["--tls-cert", str(tls / "server.pem"), "--tls-key", str(tls / "server.key")]
+    shared = (s3_url() if os.environ.get("WEIR_E2E_OBJECT_STORE") == "s3"
+              else f"file://{tmp_path / 'objects'}")
+    certs = ["--tls-cert", str(tls / "server.pem"), "--tls-key", str(tls / "server.key"),
+             "--object-store", shared]
     ports = [free_port(), free_port()]
-    nodes = [weir_service("storage", *node_args(meta, *certs, "--metrics-listen",
-                                                f"127.0.0.1:{port}"))
+    nodes = [weir_service("storage", "--metadata", meta, *certs, "--metrics-listen",
+                          f"127.0.0.1:{port}")
              for port in ports]
     url = (f"quic://127.0.0.1:{nodes[0].port},127.0.0.1:{nodes[1].port}"
            f"?ca={tls / 'ca.pem'}")
@@ -102,6 +107,29 @@ def test_partitions_spread_over_two_storage_nodes(weir_factory, weir_service, tm
     assert sum(len(v) for v in read.values()) == 4000
     per_node = [puts(port) for port in ports]
     assert all(n > 0 for n in per_node), f"object PUTs per node: {per_node}"
+
+    # kill -9 one node under load and leave it dead: its partitions fail over to the other
+    # node; producers see only retriable errors, and everything is readable through the
+    # survivor (old objects included, from the shared store).
+    result = {}
+
+    def produce_through_failover():
+        result["acked"], result["errors"] = produce_numbered(
+            weir.bootstrap, topic, 4000, 6000, 16, **{"message.timeout.ms": 90000})
+
+    t = threading.Thread(target=produce_through_failover)
+    t.start()
+    time.sleep(0.5)
+    nodes[0].kill9()
+    t.join(timeout=240)
+    assert not t.is_alive()
+    assert not result["errors"], result["errors"][:3]
+    for p, values in result["acked"].items():
+        acked.setdefault(p, []).extend(values)
+    assert sum(len(v) for v in acked.values()) == 10000
+    read = read_all(weir.bootstrap, topic, 16, {p: len(v) for p, v in acked.items()})
+    assert_exactly_once(acked, read)
+    assert {p: len(v) for p, v in read.items()} == {p: len(v) for p, v in acked.items()}
 
 
 def test_kill9_storage_node_under_load(weir_factory, weir_service):
