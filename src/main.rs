@@ -580,6 +580,7 @@ async fn serve(settings: ServeSettings) -> Result<()> {
                 &options,
                 committer,
                 settings.storage.max_buffered_bytes,
+                settings.storage.cache_bytes,
             )?)
         }
         None => {

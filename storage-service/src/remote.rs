@@ -7,7 +7,9 @@
 //!   assigned their offsets, and replies in that same order once each is durable and
 //!   indexed. A reply carries the index commit, which the gateway hands to its
 //!   [`CommitObserver`] (high watermark, producer state) before the append completes.
-//! - Reads, deletes and listings are calls, one QUIC stream each.
+//! - Reads, deletes and listings are calls, one QUIC stream each. The gateway keeps the bytes
+//!   of its own recent appends, by the index entry they were committed under (a byte-bounded
+//!   tail cache), so consumers reading the tail are served without a call.
 //! - A partition's appends and reads go to one node, chosen by rendezvous hashing of the
 //!   partition over the node addresses: every gateway picks the same node, the node that
 //!   wrote a partition's tail has it in its cache, and adding a node moves only the
@@ -28,7 +30,7 @@ use crate::{
     Storage, StorageError,
 };
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -253,7 +255,21 @@ async fn reply_in_order(
 struct Waiting {
     done: oneshot::Sender<Result<Option<PartitionCommit>>>,
     sent_at: Instant,
+    tp: TopicPartition,
+    /// The append's bytes, for the tail cache.
+    data: Bytes,
     _reservation: Reservation,
+}
+
+/// Recent appends' bytes by (object, position) of the index entry they were committed under.
+type TailCache = moka::future::Cache<(String, u64), Bytes>;
+
+/// A partition's run of appends being put together for the tail cache: the first append's
+/// reply carries the entry, the others of the run follow in order.
+struct Assembly {
+    key: (String, u64),
+    length: usize,
+    data: BytesMut,
 }
 
 /// One session's appends waiting for replies, shared by its writer and its reader.
@@ -343,6 +359,7 @@ impl Health {
 #[derive(Debug)]
 pub struct RemoteStorage {
     nodes: Vec<Node>,
+    tail: TailCache,
     space: Arc<Semaphore>,
     max_buffered_bytes: usize,
 }
@@ -402,7 +419,13 @@ impl RemoteStorage {
         options: &RemoteOptions,
         observer: Arc<dyn CommitObserver>,
         max_buffered_bytes: usize,
+        tail_cache_bytes: u64,
     ) -> Result<Self> {
+        let tail: TailCache = moka::future::Cache::builder()
+            .weigher(|_k: &(String, u64), v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .max_capacity(tail_cache_bytes)
+            .support_invalidation_closures()
+            .build();
         let mut nodes = Vec::new();
         for (addr, host) in &options.nodes {
             let name = options.server_name.as_deref().unwrap_or(host);
@@ -417,6 +440,7 @@ impl RemoteStorage {
                 queue,
                 observer.clone(),
                 health.clone(),
+                tail.clone(),
             ));
             nodes.push(Node {
                 addr: addr.to_string(),
@@ -430,6 +454,7 @@ impl RemoteStorage {
         }
         Ok(RemoteStorage {
             nodes,
+            tail,
             space: Arc::new(Semaphore::new(max_buffered_bytes.max(1))),
             max_buffered_bytes: max_buffered_bytes.max(1),
         })
@@ -559,6 +584,16 @@ impl Storage for RemoteStorage {
         position: u64,
         length: u32,
     ) -> Result<Bytes> {
+        let key = (object.to_string(), position);
+        if let Some(bytes) = self.tail.get(&key).await {
+            // A prefetch (length 0) has nothing to warm; a read of the entry is served here.
+            if length == 0 {
+                return Ok(Bytes::new());
+            }
+            if bytes.len() >= length as usize {
+                return Ok(bytes.slice(..length as usize));
+            }
+        }
         let request = Request::Read {
             tp,
             object: object.to_string(),
@@ -574,6 +609,13 @@ impl Storage for RemoteStorage {
     async fn delete_objects(&self, objects: Vec<String>) {
         if objects.is_empty() {
             return;
+        }
+        let gone: std::collections::HashSet<String> = objects.iter().cloned().collect();
+        if let Err(e) = self
+            .tail
+            .invalidate_entries_if(move |(object, _), _| gone.contains(object))
+        {
+            tracing::debug!(error = %e, "tail cache invalidation");
         }
         // Any node can delete: they share the object store. Try each until one answers.
         for node in &self.nodes {
@@ -638,6 +680,7 @@ async fn append_writer(
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     observer: Arc<dyn CommitObserver>,
     health: Arc<Health>,
+    tail: TailCache,
 ) {
     let ids = AtomicU64::new(0);
     let mut session: Option<(SessionSender<AppendMessage>, Arc<SessionState>)> = None;
@@ -670,6 +713,7 @@ async fn append_writer(
                         state.clone(),
                         observer.clone(),
                         health.clone(),
+                        tail.clone(),
                     ));
                     session = Some((send, state));
                     failed_at = None;
@@ -709,6 +753,8 @@ async fn append_writer(
                     Waiting {
                         done,
                         sent_at: Instant::now(),
+                        tp: batch.tp,
+                        data: batch.data.clone(),
                         _reservation: reservation,
                     },
                 );
@@ -735,7 +781,9 @@ async fn read_replies(
     state: Arc<SessionState>,
     observer: Arc<dyn CommitObserver>,
     health: Arc<Health>,
+    tail: TailCache,
 ) {
+    let mut assemblies: HashMap<TopicPartition, Assembly> = HashMap::new();
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     let why = loop {
         let reply = tokio::select! {
@@ -756,6 +804,35 @@ async fn read_replies(
                 let Some(waiting) = state.lock().remove(&reply.id) else {
                     continue;
                 };
+                match &reply.result {
+                    Ok(Some(commit)) => {
+                        let e = &commit.entry;
+                        assemblies.insert(
+                            waiting.tp,
+                            Assembly {
+                                key: (e.object.clone(), e.position),
+                                length: e.length as usize,
+                                data: BytesMut::new(),
+                            },
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        assemblies.remove(&waiting.tp);
+                    }
+                }
+                if reply.result.is_ok() {
+                    if let Some(a) = assemblies.get_mut(&waiting.tp) {
+                        a.data.extend_from_slice(&waiting.data);
+                        if a.data.len() >= a.length {
+                            if let Some(a) = assemblies.remove(&waiting.tp) {
+                                if a.data.len() == a.length {
+                                    tail.insert(a.key, a.data.freeze()).await;
+                                }
+                            }
+                        }
+                    }
+                }
                 if let Ok(Some(commit)) = &reply.result {
                     observer.committed(commit);
                 }
@@ -798,10 +875,10 @@ mod tests {
         impl CommitObserver for Nobody {
             fn committed(&self, _: &PartitionCommit) {}
         }
-        let a = RemoteStorage::connect(&options, Arc::new(Nobody), 1 << 20).unwrap();
+        let a = RemoteStorage::connect(&options, Arc::new(Nobody), 1 << 20, 1 << 20).unwrap();
         let mut reversed = options.clone();
         reversed.nodes.reverse();
-        let b = RemoteStorage::connect(&reversed, Arc::new(Nobody), 1 << 20).unwrap();
+        let b = RemoteStorage::connect(&reversed, Arc::new(Nobody), 1 << 20, 1 << 20).unwrap();
         let topic = weir_common::TopicId::random();
         let mut per_node: HashMap<String, usize> = HashMap::new();
         for partition in 0..300 {

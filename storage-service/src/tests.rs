@@ -523,7 +523,7 @@ async fn remote_appends_keep_order_and_report_commits() -> anyhow::Result<()> {
     ))
     .await?;
     let observed = Arc::new(Observed::default());
-    let client = remote::RemoteStorage::connect(&options, observed.clone(), 32 << 20)?;
+    let client = remote::RemoteStorage::connect(&options, observed.clone(), 32 << 20, 1 << 20)?;
 
     // 300 appends over 3 partitions, submitted without waiting: they commit in offset order.
     let mut tickets = Vec::new();
