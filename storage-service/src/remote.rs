@@ -14,8 +14,9 @@
 //!   partition over the node addresses: every gateway picks the same node, the node that
 //!   wrote a partition's tail has it in its cache, and adding a node moves only the
 //!   partitions that now hash to it. A node that cannot be reached is passed over for
-//!   [`DOWN_FOR`] (its partitions go to their next node in the ranking), then tried again:
-//!   the nodes must share one object store, so any node can serve any object.
+//!   [`DOWN_FOR`], doubling with each failure in a row up to 32 s (its partitions go to
+//!   their next node in the ranking), then tried again with live traffic: the nodes must
+//!   share one object store, so any node can serve any object.
 //!
 //! The node commits each flushed object to the metadata store itself (its [`crate::IndexSink`]),
 //! so an append's outcome does not depend on the gateway staying connected. When a session
@@ -59,7 +60,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// An append that could not be sent within this long fails (it never reached a node, so
 /// the producer's retry cannot duplicate it).
 const SEND_DEADLINE: Duration = Duration::from_secs(5);
-/// How long a node that could not be reached is passed over.
+/// How long a node that could not be reached is passed over after its first failure; each
+/// further failure in a row doubles it, up to 16 times.
 pub const DOWN_FOR: Duration = Duration::from_secs(2);
 /// Most appends a node has accepted from one session and not yet answered.
 const MAX_UNANSWERED: usize = 65_536;
@@ -331,6 +333,8 @@ struct Health {
     started: Instant,
     /// Milliseconds after `started` until which the node is passed over.
     down_until: AtomicU64,
+    /// Failures since the last success.
+    failures: std::sync::atomic::AtomicU32,
 }
 
 impl Health {
@@ -338,6 +342,7 @@ impl Health {
         Health {
             started: Instant::now(),
             down_until: AtomicU64::new(0),
+            failures: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -346,8 +351,17 @@ impl Health {
     }
 
     fn mark_down(&self) {
-        let until = self.now() + DOWN_FOR.as_millis() as u64;
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed).min(4);
+        let until = self.now() + (DOWN_FOR.as_millis() as u64) * (1 << failures);
         self.down_until.store(until, Ordering::Relaxed);
+    }
+
+    /// The node answered.
+    fn mark_up(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.down_until.store(0, Ordering::Relaxed);
+        }
     }
 
     fn is_up(&self) -> bool {
@@ -503,7 +517,11 @@ impl RemoteStorage {
     }
 
     async fn call(&self, node: &Node, request: &Request) -> Result<Response> {
-        match node.client.call::<_, Response>(request).await {
+        let answer = node.client.call::<_, Response>(request).await;
+        if answer.is_ok() {
+            node.health.mark_up();
+        }
+        match answer {
             Ok(Response::Error(e)) => Err(e),
             Ok(response) => Ok(response),
             Err(e) => {
@@ -801,6 +819,7 @@ async fn read_replies(
         };
         match reply {
             Ok(Some(reply)) => {
+                health.mark_up();
                 let Some(waiting) = state.lock().remove(&reply.id) else {
                     continue;
                 };
