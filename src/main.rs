@@ -171,7 +171,7 @@ struct ServeArgs {
     /// turns compaction off [default: 60000].
     #[arg(long, env = "WEIR_COMPACTION_INTERVAL_MS")]
     compaction_interval_ms: Option<u64>,
-    /// Target size of compacted segments, in bytes [default: 67108864].
+    /// Target size of compacted segments, in bytes, at most 33554432 [default: 8388608].
     #[arg(long, env = "WEIR_SEGMENT_BYTES")]
     segment_bytes: Option<usize>,
     /// Only objects at least this old are compacted, in ms [default: 60000].
@@ -484,7 +484,7 @@ impl ServeArgs {
                         .segment_bytes
                         .or(file.segment_bytes)
                         .unwrap_or(d.segment_bytes)
-                        .clamp(1 << 10, u32::MAX as usize / 2),
+                        .clamp(1 << 10, 32 << 20),
                     min_age: ms(
                         self.compaction_min_age_ms,
                         file.compaction_min_age_ms,

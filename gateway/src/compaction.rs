@@ -42,7 +42,7 @@ impl Default for CompactionConfig {
     fn default() -> Self {
         CompactionConfig {
             interval: Duration::from_secs(60),
-            segment_bytes: 64 << 20,
+            segment_bytes: 8 << 20,
             min_age: Duration::from_secs(60),
             grace: Duration::from_secs(60),
             max_inputs: 32,
