@@ -139,32 +139,9 @@ impl Gateway {
             let tails = meta.acquire_partitions(record.id, 0).await?;
             registry.insert(record, &tails);
         }
-        let live: std::collections::HashSet<String> =
-            meta.live_objects().await?.into_iter().collect();
-        // Objects younger than the grace may be between their write and their index commit
-        // on a storage node that other processes share.
-        let cutoff = weir_common::now_ms()
-            .saturating_sub(i64::try_from(storage.orphan_grace().as_millis()).unwrap_or(i64::MAX));
-        let listed = match storage.list_objects().await {
-            Ok(objects) => objects,
-            Err(e) => {
-                // Orphans are only wasted space: start without sweeping them.
-                tracing::warn!(error = %e, "cannot list objects; orphaned objects are left for the next start");
-                Vec::new()
-            }
-        };
-        let orphans: Vec<String> = listed
-            .into_iter()
-            .filter(|o| !live.contains(o))
-            .filter(|o| weir_storage::object_written_at(o).is_none_or(|at| at < cutoff))
-            .collect();
-        if !orphans.is_empty() {
-            tracing::info!(
-                count = orphans.len(),
-                "deleting objects no index entry refers to"
-            );
-            storage.delete_objects(orphans).await;
-        }
+        // Nothing of this process is in flight yet: with in-process storage every
+        // unreferenced object is an orphan; storage nodes may be committing younger ones.
+        sweep_orphans(meta.as_ref(), storage.as_ref(), storage.orphan_grace()).await?;
         let limits = Arc::new(listener::ConnectionLimits::new(
             config.max_connections,
             config.max_connections_per_second,
@@ -225,6 +202,44 @@ impl Gateway {
     }
 }
 
+/// How often a running gateway looks for orphaned objects, and how old they must be.
+const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+const ORPHAN_MIN_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// Deletes objects no index entry refers to (written, but their commit never landed: a
+/// crash, a lost answer) that are older than `min_age`; returns how many. Objects younger
+/// than that may still be between their write and their index commit.
+pub async fn sweep_orphans(
+    meta: &dyn MetadataStore,
+    storage: &dyn Storage,
+    min_age: Duration,
+) -> Result<usize, GatewayError> {
+    // Live objects first: an object committed after this read is younger than `min_age`
+    // (unless `min_age` is zero, which only start-up uses, when nothing is in flight).
+    let live: std::collections::HashSet<String> = meta.live_objects().await?.into_iter().collect();
+    let cutoff = weir_common::now_ms()
+        .saturating_sub(i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX));
+    let listed = match storage.list_objects().await {
+        Ok(objects) => objects,
+        Err(e) => {
+            // Orphans are only wasted space: carry on without sweeping them.
+            tracing::warn!(error = %e, "cannot list objects; orphaned objects are left for the next sweep");
+            return Ok(0);
+        }
+    };
+    let orphans: Vec<String> = listed
+        .into_iter()
+        .filter(|o| !live.contains(o))
+        .filter(|o| weir_storage::object_written_at(o).is_none_or(|at| at < cutoff))
+        .collect();
+    let count = orphans.len();
+    if count > 0 {
+        tracing::info!(count, "deleting objects no index entry refers to");
+        storage.delete_objects(orphans).await;
+    }
+    Ok(count)
+}
+
 /// Serves Kafka clients on `listeners` until `shutdown` is cancelled, then stops accepting,
 /// lets in-flight requests finish (bounded), and returns. The caller bound the sockets.
 pub async fn run(
@@ -239,9 +254,19 @@ pub async fn run(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(gateway.config.retention_check_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut swept = tokio::time::Instant::now();
             loop {
                 tokio::select! {
-                    _ = tick.tick() => gateway.apply_retention().await,
+                    _ = tick.tick() => {
+                        gateway.apply_retention().await;
+                        if swept.elapsed() >= ORPHAN_SWEEP_EVERY {
+                            swept = tokio::time::Instant::now();
+                            let (meta, storage) = (gateway.meta.as_ref(), gateway.storage.as_ref());
+                            if let Err(e) = sweep_orphans(meta, storage, ORPHAN_MIN_AGE).await {
+                                tracing::warn!(error = %e, "orphan sweep failed");
+                            }
+                        }
+                    }
                     _ = shutdown.cancelled() => return,
                 }
             }
