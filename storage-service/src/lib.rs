@@ -108,6 +108,21 @@ pub struct Reservation {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+impl Reservation {
+    /// Waits for `bytes` (clamped to 1..=`max`) of `space` and holds them.
+    pub(crate) async fn acquire(space: &Arc<Semaphore>, bytes: usize, max: usize) -> Result<Self> {
+        let wanted = u32::try_from(bytes.clamp(1, max.max(1))).unwrap_or(u32::MAX);
+        let permit = space
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .map_err(|_| StorageError::ShuttingDown)?;
+        Ok(Reservation {
+            _permit: Some(permit),
+        })
+    }
+}
+
 /// Commits a flushed object's ranges to the offset index (implemented over the metadata
 /// service by the component that wires the storage service in).
 #[async_trait]
@@ -380,18 +395,12 @@ impl Storage for ObjectStorage {
     }
 
     async fn reserve(&self, bytes: usize) -> Result<Reservation> {
-        let wanted = bytes.clamp(1, self.inner.config.max_buffered_bytes.max(1));
-        let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
-        let permit = self
-            .inner
-            .space
-            .clone()
-            .acquire_many_owned(wanted)
-            .await
-            .map_err(|_| StorageError::ShuttingDown)?;
-        Ok(Reservation {
-            _permit: Some(permit),
-        })
+        Reservation::acquire(
+            &self.inner.space,
+            bytes,
+            self.inner.config.max_buffered_bytes,
+        )
+        .await
     }
 
     fn submit(&self, batch: AppendBatch, reservation: Reservation) -> Result<AppendTicket> {

@@ -561,17 +561,7 @@ fn unexpected(response: &Response) -> StorageError {
 #[async_trait]
 impl Storage for RemoteStorage {
     async fn reserve(&self, bytes: usize) -> Result<Reservation> {
-        let wanted = bytes.clamp(1, self.max_buffered_bytes);
-        let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
-        let permit = self
-            .space
-            .clone()
-            .acquire_many_owned(wanted)
-            .await
-            .map_err(|_| StorageError::ShuttingDown)?;
-        Ok(Reservation {
-            _permit: Some(permit),
-        })
+        Reservation::acquire(&self.space, bytes, self.max_buffered_bytes).await
     }
 
     fn submit(&self, batch: AppendBatch, reservation: Reservation) -> Result<AppendTicket> {

@@ -13,30 +13,19 @@ DynamoDB with WEIR_E2E_OBJECT_STORE=s3 / WEIR_E2E_METADATA=dynamodb).
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
-import urllib.request
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from conftest import dynamodb_url, free_port, s3_url
 from helpers import consumer, create_topic, producer, unique_topic, watermarks
+from test_storage import scrape
 
 COMPACTING = ["--flush-interval-ms", "20", "--compaction-interval-ms", "300",
               "--compaction-min-age-ms", "500", "--compaction-grace-ms", "2000",
               "--segment-bytes", "262144", "--retention-check-interval-ms", "500"]
-
-
-def scrape(admin_port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"(weir_storage_\w+?)(\{[^}]*\})? (\S+)$", line)
-        if m:
-            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return out
 
 
 class Tail(threading.Thread):
