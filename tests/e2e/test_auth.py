@@ -376,7 +376,9 @@ def test_aws_msk_iam_kafka_python(cluster, auth, monkeypatch, tmp_path):
 
 def test_aws_msk_iam_kafka_python_refused(cluster, auth, monkeypatch, tmp_path, caplog):
     principal, key = full_access_principal(auth, "msk-bad")
-    _aws_env(monkeypatch, tmp_path, {**key, "secret_access_key": "Z" + key["secret_access_key"][1:]})
+    secret = key["secret_access_key"]
+    wrong = ("Z" if secret[0] != "Z" else "Y") + secret[1:]  # always differs from the real one
+    _aws_env(monkeypatch, tmp_path, {**key, "secret_access_key": wrong})
     kp_expect_auth_failure(kp_conf(cluster, "AWS_MSK_IAM"), caplog, cluster, "AWS_MSK_IAM")
     _aws_env(monkeypatch, tmp_path, key, region="eu-west-1")
     kp_expect_auth_failure(kp_conf(cluster, "AWS_MSK_IAM"), caplog, cluster, "AWS_MSK_IAM")
