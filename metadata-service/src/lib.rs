@@ -155,6 +155,17 @@ pub struct PartitionState {
     /// Bytes of record batches between the log start and the log end.
     #[serde(default)]
     pub log_bytes: u64,
+    /// The gateway (node id) that leads the partition at `leader_epoch`, or [`NO_LEADER`]
+    /// (new partitions, and partitions a leader handed over).
+    #[serde(default = "no_leader")]
+    pub leader: i32,
+}
+
+/// [`PartitionState::leader`] when no gateway leads the partition.
+pub const NO_LEADER: i32 = -1;
+
+fn no_leader() -> i32 {
+    NO_LEADER
 }
 
 impl PartitionState {
@@ -166,6 +177,7 @@ impl PartitionState {
             log_start_offset: 0,
             leader_epoch: 0,
             log_bytes: 0,
+            leader: NO_LEADER,
         }
     }
 }
@@ -259,6 +271,30 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
         topic: TopicId,
         from: PartitionIndex,
     ) -> Result<Vec<PartitionTail>>;
+
+    /// Makes gateway `node` the leader of `tp`, if the partition's leader epoch is still
+    /// `expected_epoch`: the epoch goes up by one, which fences every commit of an earlier
+    /// leader, and the tail the new leader starts from is returned. `None`: the epoch moved
+    /// on (another gateway took the partition first) or there is no such partition.
+    async fn take_leadership(
+        &self,
+        tp: TopicPartition,
+        node: i32,
+        expected_epoch: LeaderEpoch,
+    ) -> Result<Option<PartitionTail>>;
+
+    /// Hands a partition over after its leader stopped, flushed and committed: clears the
+    /// leader if `node` still leads `tp` at `epoch` (the epoch itself moves on when the next
+    /// leader takes it). Returns whether it did.
+    async fn release_leadership(
+        &self,
+        tp: TopicPartition,
+        node: i32,
+        epoch: LeaderEpoch,
+    ) -> Result<bool>;
+
+    /// The state of every partition of a topic (leaders and epochs), ascending.
+    async fn partition_states(&self, topic: TopicId) -> Result<Vec<PartitionState>>;
 
     /// Reads a partition's tail state without taking leadership (a leader re-reads its
     /// partition after a commit whose outcome it could not learn). None: no such partition.

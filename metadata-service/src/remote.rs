@@ -8,8 +8,8 @@
 //! it, and mismatched peers fail at the handshake.
 
 use crate::{
-    CommitOutcome, CommittedOffset, MetadataError, MetadataStore, PartitionTail, Result,
-    RetentionLimits, TopicRecord, Truncation,
+    CommitOutcome, CommittedOffset, MetadataError, MetadataStore, PartitionState, PartitionTail,
+    Result, RetentionLimits, TopicRecord, Truncation,
 };
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -18,10 +18,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_common::{IndexEntry, Offset, PartitionCommit, PartitionIndex, TopicId, TopicPartition};
+use weir_common::{
+    IndexEntry, LeaderEpoch, Offset, PartitionCommit, PartitionIndex, TopicId, TopicPartition,
+};
 
 /// The metadata protocol's ALPN id: service name and version.
-pub const ALPN: &[u8] = b"weir-metadata/2";
+pub const ALPN: &[u8] = b"weir-metadata/3";
 
 /// One call of the metadata protocol.
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +49,17 @@ pub enum Request {
         topic: TopicId,
         from: PartitionIndex,
     },
+    TakeLeadership {
+        tp: TopicPartition,
+        node: i32,
+        expected_epoch: LeaderEpoch,
+    },
+    ReleaseLeadership {
+        tp: TopicPartition,
+        node: i32,
+        epoch: LeaderEpoch,
+    },
+    PartitionStates(TopicId),
     CommitIndex(Vec<PartitionCommit>),
     ReplaceIndex {
         tp: TopicPartition,
@@ -112,6 +125,7 @@ pub enum Response {
     Topics(Vec<TopicRecord>),
     TopicDeleted(TopicRecord, Vec<String>),
     Tails(Vec<PartitionTail>),
+    States(Vec<PartitionState>),
     MaybeTail(Option<PartitionTail>),
     Outcomes(Vec<CommitOutcome>),
     Entries(Vec<IndexEntry>),
@@ -161,6 +175,15 @@ impl MetadataServer {
             Request::AcquirePartitions { topic, from } => {
                 Response::Tails(s.acquire_partitions(topic, from).await?)
             }
+            Request::TakeLeadership {
+                tp,
+                node,
+                expected_epoch,
+            } => Response::MaybeTail(s.take_leadership(tp, node, expected_epoch).await?),
+            Request::ReleaseLeadership { tp, node, epoch } => {
+                Response::Flag(s.release_leadership(tp, node, epoch).await?)
+            }
+            Request::PartitionStates(topic) => Response::States(s.partition_states(topic).await?),
             Request::CommitIndex(commits) => Response::Outcomes(s.commit_index(commits).await?),
             Request::ReplaceIndex { tp, old, new } => {
                 Response::Replaced(s.replace_index(tp, old, new).await?)
@@ -334,6 +357,28 @@ impl MetadataStore for RemoteStore {
         from: PartitionIndex,
     ) -> Result<Vec<PartitionTail>> {
         expect!(self, Request::AcquirePartitions { topic, from }, Response::Tails(t) => t)
+    }
+
+    async fn take_leadership(
+        &self,
+        tp: TopicPartition,
+        node: i32,
+        expected_epoch: LeaderEpoch,
+    ) -> Result<Option<PartitionTail>> {
+        expect!(self, Request::TakeLeadership { tp, node, expected_epoch }, Response::MaybeTail(t) => t)
+    }
+
+    async fn release_leadership(
+        &self,
+        tp: TopicPartition,
+        node: i32,
+        epoch: LeaderEpoch,
+    ) -> Result<bool> {
+        expect!(self, Request::ReleaseLeadership { tp, node, epoch }, Response::Flag(f) => f)
+    }
+
+    async fn partition_states(&self, topic: TopicId) -> Result<Vec<PartitionState>> {
+        expect!(self, Request::PartitionStates(topic), Response::States(s) => s)
     }
 
     async fn partition_tail(&self, tp: TopicPartition) -> Result<Option<PartitionTail>> {

@@ -472,6 +472,75 @@ async fn records(store: &dyn MetadataStore) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Leadership of one partition moves between gateways: a take is conditional on the epoch,
+/// bumps it, and fences the old leader's commits; a release clears the leader only for the
+/// leader of that epoch; the new leader's tail carries the producer state.
+async fn leadership_moves(store: &dyn MetadataStore) -> anyhow::Result<()> {
+    let t = store.create_topic("moves", 2, BTreeMap::new()).await?;
+    let tp = TopicPartition {
+        topic_id: t.id,
+        partition: 1,
+    };
+    let states = store.partition_states(t.id).await?;
+    assert_eq!(states.len(), 2);
+    assert!(states.iter().all(|s| s.leader == crate::NO_LEADER && s.leader_epoch == 0));
+    // Gateway 1 takes partition 1; a second take at the old epoch fails.
+    let tail = store
+        .take_leadership(tp, 1, 0)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("take refused"))?;
+    assert_eq!((tail.state.leader, tail.state.leader_epoch), (1, 1));
+    assert!(store.take_leadership(tp, 2, 0).await?.is_none());
+    let mut c = commit(1, entry(tp, 0, 9, 10, "m1", 10));
+    c.producers = vec![ProducerBatchState {
+        producer_id: 7,
+        producer_epoch: 0,
+        first_sequence: 0,
+        last_sequence: 9,
+        base_offset: 0,
+        last_offset: 9,
+    }];
+    assert_eq!(store.commit_index(vec![c]).await?, vec![Ok(())]);
+    // Only the leader of the current epoch can release it.
+    assert!(!store.release_leadership(tp, 2, 1).await?);
+    assert!(!store.release_leadership(tp, 1, 0).await?);
+    assert!(store.release_leadership(tp, 1, 1).await?);
+    let states = store.partition_states(t.id).await?;
+    assert_eq!((states[1].leader, states[1].leader_epoch), (crate::NO_LEADER, 1));
+    assert_eq!(states[0].leader, crate::NO_LEADER, "the other partition is untouched");
+    // Gateway 2 takes over from the released state and inherits the tail.
+    let tail = store
+        .take_leadership(tp, 2, 1)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("take refused"))?;
+    assert_eq!((tail.state.leader, tail.state.leader_epoch), (2, 2));
+    assert_eq!(tail.state.next_offset, 10);
+    assert_eq!(tail.producers.len(), 1);
+    assert_eq!(tail.producers[0].last_sequence, 9);
+    // The deposed leader's commit at epoch 1 is fenced; gateway 2's commit lands.
+    let out = store
+        .commit_index(vec![commit(1, entry(tp, 10, 19, 10, "m2", 10))])
+        .await?;
+    assert!(out[0].is_err(), "a deposed leader committed: {out:?}");
+    let out = store
+        .commit_index(vec![commit(2, entry(tp, 10, 19, 10, "m3", 10))])
+        .await?;
+    assert_eq!(out, vec![Ok(())]);
+    // A take-over without a release (the leader died): conditional on the epoch only.
+    let tail = store
+        .take_leadership(tp, 3, 2)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("take refused"))?;
+    assert_eq!((tail.state.leader, tail.state.next_offset), (3, 20));
+    assert!(!store.release_leadership(tp, 2, 2).await?);
+    let missing = TopicPartition {
+        topic_id: t.id,
+        partition: 9,
+    };
+    assert!(store.take_leadership(missing, 1, 0).await?.is_none());
+    Ok(())
+}
+
 async fn leaders_race(store: Arc<dyn MetadataStore>) -> anyhow::Result<()> {
     let t = store.create_topic("fence", 1, BTreeMap::new()).await?;
     let tp = TopicPartition {
@@ -721,6 +790,14 @@ macro_rules! suite {
                     return Ok(());
                 };
                 super::concurrent_commits(s).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn leadership_moves() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::leadership_moves(s.as_ref()).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

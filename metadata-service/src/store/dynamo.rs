@@ -56,7 +56,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weir_common::{
-    now_ms, CommitRefused, IndexEntry, Offset, PartitionCommit, PartitionIndex, ProducerBatchState,
+    now_ms, CommitRefused, IndexEntry, LeaderEpoch, Offset, PartitionCommit, PartitionIndex, ProducerBatchState,
     TopicId, TopicPartition,
 };
 
@@ -245,6 +245,10 @@ fn partition_from(item: &Item) -> Result<PartitionState> {
         log_start_offset: get_n(item, "log_start_offset")?,
         leader_epoch: get_n(item, "leader_epoch")? as i32,
         log_bytes: get_n(item, "log_bytes")?.max(0) as u64,
+        leader: match item.get("leader") {
+            Some(_) => get_n(item, "leader")? as i32,
+            None => crate::NO_LEADER,
+        },
     })
 }
 
@@ -254,6 +258,7 @@ fn partition_item(topic: TopicId, state: &PartitionState) -> Item {
     item.insert("log_start_offset".into(), n(state.log_start_offset));
     item.insert("leader_epoch".into(), n(state.leader_epoch));
     item.insert("log_bytes".into(), n(state.log_bytes));
+    item.insert("leader".into(), n(state.leader));
     item
 }
 
@@ -1453,6 +1458,75 @@ impl MetadataStore for DynamoStore {
             });
         }
         Ok(tails)
+    }
+
+    async fn take_leadership(
+        &self,
+        tp: TopicPartition,
+        node: i32,
+        expected_epoch: LeaderEpoch,
+    ) -> Result<Option<PartitionTail>> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.meta)
+            .set_key(Some(key(part_pk(tp.topic_id), part_sk(tp.partition))))
+            .update_expression("SET leader = :node ADD leader_epoch :one")
+            .condition_expression("attribute_exists(pk) AND leader_epoch = :expected")
+            .expression_attribute_values(":node", n(node))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":expected", n(expected_epoch))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        let state = match result {
+            Ok(out) => partition_from(&out.attributes.unwrap_or_default())?,
+            Err(e) if condition_failed(&e) => return Ok(None),
+            Err(e) => return Err(sdk(e)),
+        };
+        self.entries.invalidate(&tp);
+        self.lock_producers().remove(&tp);
+        let doc = self.producer_doc(tp).await?;
+        let mut producers: Vec<ProducerBatchState> = doc.values().flatten().copied().collect();
+        producers.sort_by_key(|b| (b.producer_id, b.base_offset));
+        self.lock_producers().insert(tp, doc);
+        Ok(Some(PartitionTail { state, producers }))
+    }
+
+    async fn release_leadership(
+        &self,
+        tp: TopicPartition,
+        node: i32,
+        epoch: LeaderEpoch,
+    ) -> Result<bool> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.meta)
+            .set_key(Some(key(part_pk(tp.topic_id), part_sk(tp.partition))))
+            .update_expression("SET leader = :none")
+            .condition_expression("leader = :node AND leader_epoch = :epoch")
+            .expression_attribute_values(":none", n(crate::NO_LEADER))
+            .expression_attribute_values(":node", n(node))
+            .expression_attribute_values(":epoch", n(epoch))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if condition_failed(&e) => Ok(false),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn partition_states(&self, topic: TopicId) -> Result<Vec<PartitionState>> {
+        let mut states = self
+            .query_all(self.query_pk(&part_pk(topic)), None)
+            .await?
+            .iter()
+            .map(partition_from)
+            .collect::<Result<Vec<_>>>()?;
+        states.sort_by_key(|s| s.partition);
+        Ok(states)
     }
 
     async fn partition_tail(&self, tp: TopicPartition) -> Result<Option<PartitionTail>> {

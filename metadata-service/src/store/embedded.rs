@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use weir_common::{
-    now_ms, CommitRefused, IndexEntry, Offset, PartitionCommit, ProducerBatchState, TopicId,
+    now_ms, CommitRefused, IndexEntry, LeaderEpoch, Offset, PartitionCommit, ProducerBatchState, TopicId,
     TopicPartition,
 };
 
@@ -422,6 +422,90 @@ impl MetadataStore for EmbeddedStore {
             }
             txn.commit().map_err(backend)?;
             Ok(tails)
+        })
+        .await
+    }
+
+    async fn take_leadership(
+        &self,
+        tp: TopicPartition,
+        node: i32,
+        expected_epoch: LeaderEpoch,
+    ) -> Result<Option<PartitionTail>> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let tail = {
+                let mut parts = txn.open_table(PARTITIONS).map_err(backend)?;
+                let Some(mut state) = read_partition(&parts, tp)? else {
+                    return Ok(None);
+                };
+                if state.leader_epoch != expected_epoch {
+                    return Ok(None);
+                }
+                state.leader_epoch += 1;
+                state.leader = node;
+                parts
+                    .insert(pkey(tp), encode(&state)?.as_slice())
+                    .map_err(backend)?;
+                let producers = txn.open_table(PRODUCERS).map_err(backend)?;
+                let (t, p) = pkey(tp);
+                let mut batches = Vec::new();
+                for item in producers
+                    .range((t, p, i64::MIN)..=(t, p, i64::MAX))
+                    .map_err(backend)?
+                {
+                    let (_, v) = item.map_err(backend)?;
+                    batches.extend(decode::<Vec<ProducerBatchState>>(v.value())?);
+                }
+                PartitionTail {
+                    state,
+                    producers: batches,
+                }
+            };
+            txn.commit().map_err(backend)?;
+            Ok(Some(tail))
+        })
+        .await
+    }
+
+    async fn release_leadership(
+        &self,
+        tp: TopicPartition,
+        node: i32,
+        epoch: LeaderEpoch,
+    ) -> Result<bool> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut parts = txn.open_table(PARTITIONS).map_err(backend)?;
+                let Some(mut state) = read_partition(&parts, tp)? else {
+                    return Ok(false);
+                };
+                if state.leader != node || state.leader_epoch != epoch {
+                    return Ok(false);
+                }
+                state.leader = crate::NO_LEADER;
+                parts
+                    .insert(pkey(tp), encode(&state)?.as_slice())
+                    .map_err(backend)?;
+            }
+            txn.commit().map_err(backend)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn partition_states(&self, topic: TopicId) -> Result<Vec<PartitionState>> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let parts = txn.open_table(PARTITIONS).map_err(backend)?;
+            let t = topic.as_u128();
+            let mut states = Vec::new();
+            for item in parts.range((t, 0)..=(t, i32::MAX)).map_err(backend)? {
+                let (_, v) = item.map_err(backend)?;
+                states.push(decode::<PartitionState>(v.value())?);
+            }
+            Ok(states)
         })
         .await
     }
