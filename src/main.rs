@@ -2,6 +2,7 @@
 
 mod admin;
 mod metadata_cmd;
+mod scaler;
 mod storage_cmd;
 
 use anyhow::{bail, Context, Result};
@@ -50,6 +51,16 @@ enum Command {
     /// --storage quic://...`), commits them to the shared metadata store and serves reads
     /// through its memory and disk caches, over QUIC.
     Storage(Box<storage_cmd::StorageArgs>),
+    /// Run one Kafka gateway of a cluster: it shares the metadata store (dynamodb:// or
+    /// quic://) and the object store or storage nodes with the other gateways, registers,
+    /// heartbeats, and leads the partitions that fall to it. Same flags as `serve`.
+    Gateway(Box<ServeArgs>),
+    /// Run the scaler: starts and stops gateways with the load (local processes or an ECS
+    /// service) and moves partition leadership by measured load; `weir scaler status` shows
+    /// its decisions.
+    Scaler(Box<scaler::ScalerArgs>),
+    /// List partition leaders, move a partition to a gateway, or rebalance now.
+    Partitions(scaler::PartitionsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -233,6 +244,30 @@ struct ServeArgs {
     /// Most new client connections per second [default: 1000].
     #[arg(long, env = "WEIR_MAX_CONNECTIONS_PER_SECOND")]
     max_connections_per_second: Option<u32>,
+    /// This gateway's broker id, unique in the cluster [default: 0 for `serve`, a random
+    /// id for `gateway`].
+    #[arg(long, env = "WEIR_NODE_ID")]
+    node_id: Option<i32>,
+    /// Rack (availability zone) clients see for this gateway.
+    #[arg(long, env = "WEIR_RACK")]
+    rack: Option<String>,
+    /// How often the gateway heartbeats in the metadata store, in ms [default: 500].
+    #[arg(long, env = "WEIR_HEARTBEAT_INTERVAL_MS")]
+    heartbeat_interval_ms: Option<u64>,
+    /// A gateway silent this long is gone and its partitions move, in ms [default: 3000].
+    #[arg(long, env = "WEIR_MEMBER_TIMEOUT_MS")]
+    member_timeout_ms: Option<u64>,
+    /// How often a gateway reads members, topics and leaders and takes or hands over
+    /// partitions, in ms [default: 250].
+    #[arg(long, env = "WEIR_SYNC_INTERVAL_MS")]
+    sync_interval_ms: Option<u64>,
+    /// `serve` only: 1 runs this process as the only gateway; auto also runs the scaler,
+    /// which starts and stops `weir gateway` processes on 127.0.0.1 with the load (policy
+    /// flags below) [default: 1].
+    #[arg(long, env = "WEIR_GATEWAYS")]
+    gateways: Option<String>,
+    #[command(flatten)]
+    scaling: scaler::Policy,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -281,6 +316,11 @@ struct FileSettings {
     session_lifetime_ms: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_second: Option<u32>,
+    node_id: Option<i32>,
+    rack: Option<String>,
+    heartbeat_interval_ms: Option<u64>,
+    member_timeout_ms: Option<u64>,
+    sync_interval_ms: Option<u64>,
 }
 
 /// Resolved settings of `weir serve`.
@@ -315,6 +355,11 @@ struct ServeSettings {
     session_lifetime: Option<Duration>,
     max_connections: usize,
     max_connections_per_second: u32,
+    node_id: Option<i32>,
+    cluster: weir_gateway::cluster::ClusterConfig,
+    /// Whether the scaler runs local gateways beside this one.
+    gateways_auto: bool,
+    scaling: scaler::Policy,
 }
 
 impl ServeArgs {
@@ -505,6 +550,40 @@ impl ServeArgs {
                     .unwrap_or(3000),
             ),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            node_id: self.node_id.or(file.node_id),
+            gateways_auto: match self.gateways.as_deref() {
+                None | Some("1") => false,
+                Some("auto") => true,
+                Some(other) => bail!("--gateways {other}: use 1 or auto"),
+            },
+            scaling: self.scaling.clone(),
+            cluster: {
+                let d = weir_gateway::cluster::ClusterConfig::default();
+                let ms = |flag: Option<u64>, file: Option<u64>, default: Duration| {
+                    flag.or(file)
+                        .map(|v| Duration::from_millis(v.max(10)))
+                        .unwrap_or(default)
+                };
+                weir_gateway::cluster::ClusterConfig {
+                    heartbeat_interval: ms(
+                        self.heartbeat_interval_ms,
+                        file.heartbeat_interval_ms,
+                        d.heartbeat_interval,
+                    ),
+                    member_timeout: ms(
+                        self.member_timeout_ms,
+                        file.member_timeout_ms,
+                        d.member_timeout,
+                    ),
+                    sync_interval: ms(
+                        self.sync_interval_ms,
+                        file.sync_interval_ms,
+                        d.sync_interval,
+                    ),
+                    rack: self.rack.or(file.rack),
+                    ..d
+                }
+            },
         })
     }
 }
@@ -558,9 +637,32 @@ fn parse_host_port(s: &str) -> Result<(String, i32)> {
     Ok((host.to_string(), i32::from(port)))
 }
 
-async fn serve(settings: ServeSettings) -> Result<()> {
+/// Which command runs the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// `weir serve`: alone with its store by default.
+    Serve,
+    /// `weir gateway`: one of several gateways sharing the stores.
+    Gateway,
+}
+
+async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    let embedded = settings.metadata.starts_with("embedded://");
+    if role == Role::Gateway && embedded {
+        bail!(
+            "`weir gateway` shares its metadata with other gateways: give --metadata \
+             dynamodb://... or quic://... (a `weir metadata` service); `weir serve` runs alone"
+        );
+    }
+    let node_id = match (settings.node_id, role) {
+        (Some(id), _) if id < 0 => bail!("--node-id must be 0 or more"),
+        (Some(id), _) => id,
+        (None, Role::Serve) => 0,
+        // Unique with overwhelming odds; Kafka broker ids are any non-negative int32.
+        (None, Role::Gateway) => (uuid::Uuid::new_v4().as_u128() % 1_000_000_000) as i32 + 1000,
+    };
     let meta = open_metadata(&settings.metadata).await?;
     let registry = Arc::new(Registry::default());
     let committer = Arc::new(Committer {
@@ -618,6 +720,7 @@ async fn serve(settings: ServeSettings) -> Result<()> {
         };
         bound.push((socket, spec.clone(), host, port));
     }
+    let mut tls_files: Option<(PathBuf, PathBuf)> = None;
     let tls = if settings.listeners.iter().any(|l| l.protocol.tls()) {
         let (cert, key) = match (&settings.tls_cert, &settings.tls_key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -634,6 +737,7 @@ async fn serve(settings: ServeSettings) -> Result<()> {
                 (files.cert, files.key)
             }
         };
+        tls_files = Some((cert.clone(), key.clone()));
         Some(tokio_rustls::TlsAcceptor::from(
             weir_auth::tls::server_config(&cert, &key)?,
         ))
@@ -642,6 +746,12 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     };
     let (host, port) = (bound[0].2.clone(), bound[0].3);
     let config = GatewayConfig {
+        node_id,
+        cluster: weir_gateway::cluster::ClusterConfig {
+            // An embedded store is this process's alone unless it serves local gateways.
+            exclusive: embedded && !settings.gateways_auto,
+            ..settings.cluster.clone()
+        },
         advertised_host: host,
         advertised_port: port,
         auto_create_topics: settings.auto_create_topics,
@@ -704,11 +814,26 @@ async fn serve(settings: ServeSettings) -> Result<()> {
         Some(auth.clone()),
     )
     .await?;
+    gateway.join().await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     let mut metrics = prometheus_client::registry::Registry::default();
     meta.register_metrics(&mut metrics);
     storage.register_metrics(&mut metrics);
+    let autoscaling = if settings.gateways_auto {
+        Some(
+            start_local_gateways(
+                &settings,
+                &meta,
+                tls_files.as_ref(),
+                &mut metrics,
+                &shutdown,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let admin_task = tokio::spawn(admin::serve_admin(
         admin_socket,
         auth,
@@ -744,15 +869,189 @@ async fn serve(settings: ServeSettings) -> Result<()> {
     tracing::info!(%bootstrap, data_dir = %settings.data_dir.display(),
         object_store = %settings.storage_nodes.as_deref().unwrap_or(&settings.object_store),
         metadata = %settings.metadata,
-        admin = %admin_addr, "weir is ready");
+        admin = %admin_addr, node_id, "weir is ready");
     tracing::info!(admin = %format!("http://{admin_addr}"), listeners = %described.join(","), "admin API and listeners");
     println!("weir is ready: bootstrap.servers={bootstrap}");
     weir_gateway::run(listeners, gateway, shutdown).await;
+    if let Some(auto) = autoscaling {
+        // The scaler stops the local gateways (they hand their partitions over), then the
+        // metadata service they used stops.
+        let _ = auto.scaler.await;
+        auto.metadata_stop.cancel();
+        let _ = auto.metadata.await;
+    }
     let _ = admin_task.await;
     tracing::info!("flushing and stopping");
     storage.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The scaler and its local gateways, for `weir serve --gateways auto`.
+struct Autoscaling {
+    scaler: tokio::task::JoinHandle<()>,
+    metadata: tokio::task::JoinHandle<()>,
+    metadata_stop: CancellationToken,
+}
+
+/// Serves this process's metadata store to local gateways over QUIC (when it is embedded)
+/// and starts the scaler with a local launcher whose gateways share this process's stores
+/// and settings.
+async fn start_local_gateways(
+    settings: &ServeSettings,
+    meta: &Arc<dyn MetadataStore>,
+    tls_files: Option<&(PathBuf, PathBuf)>,
+    metrics: &mut prometheus_client::registry::Registry,
+    shutdown: &CancellationToken,
+) -> Result<Autoscaling> {
+    let metadata_stop = CancellationToken::new();
+    let (metadata_url, metadata) = if settings.metadata.starts_with("embedded://") {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (cert, key, ca) = metadata_cmd::service_tls(
+            &settings.data_dir.join("metadata-tls"),
+            loopback,
+            &[],
+            None,
+        )?;
+        let endpoint =
+            weir_rpc::server_endpoint(loopback, &cert, &key, weir_metadata::remote::ALPN)
+                .context("starting the metadata service for local gateways")?;
+        let addr = endpoint.local_addr()?;
+        let url = format!("quic://{addr}{}", metadata_cmd::ca_param(ca.as_deref())?);
+        let task = tokio::spawn(weir_rpc::serve(
+            endpoint,
+            Arc::new(weir_metadata::remote::MetadataServer::new(meta.clone())),
+            metadata_stop.clone(),
+        ));
+        (url, task)
+    } else {
+        (settings.metadata.clone(), tokio::spawn(async {}))
+    };
+    let spec = &settings.listeners[0];
+    let mut listener = format!("{}://127.0.0.1:0", spec.protocol.name());
+    if spec.protocol.sasl() {
+        let names: Vec<&str> = spec.mechanisms.iter().map(|m| m.name()).collect();
+        listener.push_str(&format!("?mechanisms={}", names.join("+")));
+    }
+    let s = settings;
+    let ms = |d: Duration| d.as_millis().to_string();
+    let mut args: Vec<String> = vec![
+        "--metadata".into(),
+        metadata_url.clone(),
+        "--listener".into(),
+        listener,
+        "--flush-bytes".into(),
+        s.storage.flush_bytes.to_string(),
+        "--flush-interval-ms".into(),
+        ms(s.storage.flush_interval),
+        "--max-buffered-bytes".into(),
+        s.storage.max_buffered_bytes.to_string(),
+        "--cache-bytes".into(),
+        s.storage.cache_bytes.to_string(),
+        "--disk-cache-bytes".into(),
+        s.storage
+            .disk_cache
+            .as_ref()
+            .map_or(0, |(_, b)| *b)
+            .to_string(),
+        "--auto-create-topics".into(),
+        s.auto_create_topics.to_string(),
+        "--default-partitions".into(),
+        s.default_partitions.to_string(),
+        "--max-request-bytes".into(),
+        s.max_request_bytes.to_string(),
+        "--retention-check-interval-ms".into(),
+        ms(s.retention_check_interval),
+        "--compaction-interval-ms".into(),
+        ms(s.compaction.interval),
+        "--segment-bytes".into(),
+        s.compaction.segment_bytes.to_string(),
+        "--compaction-min-age-ms".into(),
+        ms(s.compaction.min_age),
+        "--compaction-grace-ms".into(),
+        ms(s.compaction.grace),
+        "--fetch-max-bytes".into(),
+        s.fetch_max_bytes.to_string(),
+        "--group-initial-rebalance-delay-ms".into(),
+        ms(s.group_initial_rebalance_delay),
+        "--heartbeat-interval-ms".into(),
+        ms(s.cluster.heartbeat_interval),
+        "--member-timeout-ms".into(),
+        ms(s.cluster.member_timeout),
+        "--sync-interval-ms".into(),
+        ms(s.cluster.sync_interval),
+        "--auth-region".into(),
+        s.auth_region.clone(),
+        "--account-id".into(),
+        s.account_id.clone(),
+        "--cluster-name".into(),
+        s.cluster_name.clone(),
+        "--max-connections".into(),
+        s.max_connections.to_string(),
+        "--max-connections-per-second".into(),
+        s.max_connections_per_second.to_string(),
+        "--log-format".into(),
+        match s.log_format {
+            LogFormat::Text => "text".into(),
+            LogFormat::Json => "json".into(),
+        },
+    ];
+    match &s.storage_nodes {
+        Some(nodes) => args.extend(["--storage".into(), nodes.clone()]),
+        None => args.extend(["--object-store".into(), s.object_store.clone()]),
+    }
+    if let Some(lifetime) = s.session_lifetime {
+        args.extend(["--session-lifetime-ms".into(), ms(lifetime)]);
+    }
+    if let Some((cert, key)) = tls_files {
+        args.extend([
+            "--tls-cert".into(),
+            absolute(cert).display().to_string(),
+            "--tls-key".into(),
+            absolute(key).display().to_string(),
+        ]);
+    }
+    // The same master key, so that every gateway reads the credentials (not on the command
+    // line: other users could read it there).
+    let master = match &s.auth_master_key {
+        Some(k) => k.clone(),
+        None => std::fs::read_to_string(s.data_dir.join("auth").join("master.key"))
+            .context("reading the auth master key for local gateways")?,
+    };
+    let env = vec![(
+        "WEIR_AUTH_MASTER_KEY".to_string(),
+        master.trim().to_string(),
+    )];
+    let first_id = weir_gateway::cluster::members(meta.as_ref())
+        .await?
+        .iter()
+        .map(|m| m.node_id + 1)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let launcher = Arc::new(scaler::LocalLauncher::new(
+        std::env::current_exe()?,
+        args,
+        env,
+        absolute(&s.data_dir.join("gateways")),
+        first_id,
+    ));
+    let scaler = scaler::Scaler::new(
+        meta.clone(),
+        launcher,
+        s.scaling.clone(),
+        1,
+        s.cluster.member_timeout,
+    );
+    scaler.register_metrics(metrics);
+    tracing::info!(metadata = %metadata_url, policy = ?s.scaling, "autoscaling: local gateways share this metadata service");
+    println!("weir cluster metadata: {metadata_url}");
+    let scaler = tokio::spawn(scaler.run(shutdown.clone(), true));
+    Ok(Autoscaling {
+        scaler,
+        metadata,
+        metadata_stop,
+    })
 }
 
 /// Gives memory the allocator holds but does not use back to the system, once a second.
@@ -822,7 +1121,17 @@ fn main() -> Result<()> {
                 .max_blocking_threads(4)
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve(settings))
+            runtime.block_on(serve(settings, Role::Serve))
+        }
+        Command::Gateway(args) => {
+            let settings = args.resolve()?;
+            init_logging(settings.log_format);
+            start_allocator_trimmer();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .max_blocking_threads(4)
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve(settings, Role::Gateway))
         }
         Command::Lag(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -833,6 +1142,8 @@ fn main() -> Result<()> {
         Command::Auth(args) => admin::run_auth(args),
         Command::Metadata(args) => metadata_cmd::run(args),
         Command::Storage(args) => storage_cmd::run(*args),
+        Command::Scaler(args) => scaler::run(*args),
+        Command::Partitions(args) => scaler::run_partitions(args),
         Command::Tls(TlsCommand::Generate { out, hosts }) => {
             let hosts = if hosts.is_empty() {
                 vec!["localhost".to_string(), "127.0.0.1".to_string()]

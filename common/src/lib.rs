@@ -174,3 +174,20 @@ pub enum CommitRefused {
     #[error("offset mismatch: next offset is {current}, commit starts at {expected}")]
     OffsetMismatch { current: Offset, expected: Offset },
 }
+
+/// A hash that every build computes the same way (FNV-1a, then MurmurHash3's 64-bit
+/// finalizer to spread the bits): gateways built by different compilers must agree.
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}

@@ -943,31 +943,34 @@ pub fn sasl_failed() -> i16 {
 /// FindCoordinator and DescribeCluster name this gateway).
 pub fn advertise_listener(
     listener: &crate::listener::Listener,
+    node_id: i32,
     version: i16,
     response: &mut ResponseKind,
 ) {
+    // Only this gateway's own entries: the other gateways advertise their own addresses.
     let host = || StrBytes::from_string(listener.advertised_host.clone());
     let port = listener.advertised_port;
+    let me = |id: i32| id == node_id;
     match response {
         ResponseKind::Metadata(r) => {
-            for b in &mut r.brokers {
+            for b in r.brokers.iter_mut().filter(|b| me(b.node_id.0)) {
                 b.host = host();
                 b.port = port;
             }
         }
         ResponseKind::DescribeCluster(r) => {
-            for b in &mut r.brokers {
+            for b in r.brokers.iter_mut().filter(|b| me(b.broker_id.0)) {
                 b.host = host();
                 b.port = port;
             }
         }
         ResponseKind::FindCoordinator(r) => {
-            if version < 4 && r.error_code == 0 {
+            if version < 4 && r.error_code == 0 && me(r.node_id.0) {
                 r.host = host();
                 r.port = port;
             }
             for c in &mut r.coordinators {
-                if c.error_code == 0 {
+                if c.error_code == 0 && me(c.node_id.0) {
                     c.host = host();
                     c.port = port;
                 }

@@ -14,7 +14,9 @@ use weir_common::{
     CommitRefused, IndexEntry, LeaderEpoch, Offset, PartitionCommit, ProducerBatchState, TopicId,
     TopicPartition,
 };
-use weir_metadata::{MetadataStore, PartitionTail, TopicRecord, PRODUCER_BATCHES_KEPT};
+use weir_metadata::{
+    MetadataStore, PartitionState, PartitionTail, TopicRecord, PRODUCER_BATCHES_KEPT,
+};
 use weir_storage::{CommitObserver, IndexSink};
 
 /// How many recent index entries each partition keeps in memory for tail reads.
@@ -69,34 +71,75 @@ pub struct LogState {
     /// The newest index entries, ascending.
     pub recent: VecDeque<IndexEntry>,
     pub deleted: bool,
-    /// Moves on each time a failed append resets the partition to its durable end.
+    /// Moves on each time a failed append resets the partition to its durable end, and at
+    /// each change of leadership.
     pub generation: u64,
+    /// This gateway leads the partition at `leader_epoch` and accepts appends.
+    pub led: bool,
+    /// The gateway that leads it as far as this one knows (`weir_metadata::NO_LEADER`: none yet), for
+    /// Metadata responses.
+    pub leader: i32,
 }
 
-/// One partition led by this gateway.
+/// One partition of a topic: its log tail when this gateway leads it.
 #[derive(Debug)]
 pub struct PartitionLog {
     pub tp: TopicPartition,
     pub state: Mutex<LogState>,
+    /// Record bytes appended and fetched through this gateway (the scaler's load figures).
+    pub bytes_in: std::sync::atomic::AtomicU64,
+    pub bytes_out: std::sync::atomic::AtomicU64,
 }
 
 impl PartitionLog {
-    fn from_tail(tp: TopicPartition, tail: &PartitionTail) -> Self {
-        let producers = producers_from(&tail.producers);
+    /// A partition this gateway does not lead (yet).
+    fn from_state(tp: TopicPartition, state: &PartitionState) -> Self {
         PartitionLog {
             tp,
             state: Mutex::new(LogState {
-                leader_epoch: tail.state.leader_epoch,
-                next_offset: tail.state.next_offset,
-                high_watermark: tail.state.next_offset,
-                log_start: tail.state.log_start_offset,
-                committed_producers: producers.clone(),
-                producers,
+                leader_epoch: state.leader_epoch,
+                next_offset: state.next_offset,
+                high_watermark: state.next_offset,
+                log_start: state.log_start_offset,
+                committed_producers: HashMap::new(),
+                producers: HashMap::new(),
                 recent: VecDeque::new(),
                 deleted: false,
                 generation: 0,
+                led: false,
+                leader: state.leader,
             }),
+            bytes_in: Default::default(),
+            bytes_out: Default::default(),
         }
+    }
+
+    /// Starts leading the partition from the tail [`MetadataStore::take_leadership`] returned.
+    pub fn install(&self, tail: &PartitionTail, node_id: i32) {
+        let producers = producers_from(&tail.producers);
+        let mut s = self.lock();
+        s.leader_epoch = tail.state.leader_epoch;
+        s.next_offset = tail.state.next_offset;
+        s.high_watermark = tail.state.next_offset;
+        s.log_start = tail.state.log_start_offset;
+        s.committed_producers = producers.clone();
+        s.producers = producers;
+        s.recent.clear();
+        s.generation += 1;
+        s.led = true;
+        s.leader = node_id;
+    }
+
+    /// Counts record bytes appended through this gateway.
+    pub fn count_in(&self, bytes: usize) {
+        self.bytes_in
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts record bytes fetched through this gateway.
+    pub fn count_out(&self, bytes: usize) {
+        self.bytes_out
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Locks the state (a poisoned lock still holds consistent data: every update is a
@@ -208,18 +251,22 @@ impl Registry {
         self.topic_by_id(tp.topic_id)?.partition(tp.partition)
     }
 
-    /// Adds (or replaces) a topic whose partitions this gateway just acquired.
-    pub fn insert(&self, record: TopicRecord, tails: &[PartitionTail]) -> Arc<Topic> {
-        let mut tails: Vec<&PartitionTail> = tails.iter().collect();
-        tails.sort_by_key(|t| t.state.partition);
-        let partitions = tails
+    /// Adds (or replaces) a topic; its partitions are led by whoever `states` says until
+    /// the cluster sync takes them here.
+    pub fn insert(&self, record: TopicRecord, states: &[PartitionState]) -> Arc<Topic> {
+        let mut states: Vec<&PartitionState> = states
             .iter()
-            .map(|t| {
+            .filter(|s| s.partition < record.partitions)
+            .collect();
+        states.sort_by_key(|s| s.partition);
+        let partitions = states
+            .iter()
+            .map(|s| {
                 let tp = TopicPartition {
                     topic_id: record.id,
-                    partition: t.state.partition,
+                    partition: s.partition,
                 };
-                Arc::new(PartitionLog::from_tail(tp, t))
+                Arc::new(PartitionLog::from_state(tp, s))
             })
             .collect();
         let topic = Arc::new(Topic {
@@ -230,23 +277,29 @@ impl Registry {
             partitions: RwLock::new(partitions),
         });
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
-        topics.by_name.insert(topic.name.clone(), topic.clone());
+        if let Some(old) = topics.by_name.insert(topic.name.clone(), topic.clone()) {
+            // The name was deleted and created again elsewhere: the old topic is gone.
+            topics.by_id.remove(&old.id);
+        }
         topics.by_id.insert(topic.id, topic.clone());
         topic
     }
 
-    /// Appends newly created partitions to a topic.
-    pub fn add_partitions(&self, topic: &Topic, record: TopicRecord, tails: &[PartitionTail]) {
+    /// Appends newly created partitions to a topic (`states` may hold the old ones too).
+    pub fn add_partitions(&self, topic: &Topic, record: TopicRecord, states: &[PartitionState]) {
         let mut parts = topic.partitions.write().unwrap_or_else(|e| e.into_inner());
-        let mut tails: Vec<&PartitionTail> = tails.iter().collect();
-        tails.sort_by_key(|t| t.state.partition);
-        for t in tails {
-            if t.state.partition as usize == parts.len() {
+        let mut states: Vec<&PartitionState> = states
+            .iter()
+            .filter(|s| s.partition < record.partitions)
+            .collect();
+        states.sort_by_key(|s| s.partition);
+        for st in states {
+            if st.partition as usize == parts.len() {
                 let tp = TopicPartition {
                     topic_id: topic.id,
-                    partition: t.state.partition,
+                    partition: st.partition,
                 };
-                parts.push(Arc::new(PartitionLog::from_tail(tp, t)));
+                parts.push(Arc::new(PartitionLog::from_state(tp, st)));
             }
         }
         *topic.record.write().unwrap_or_else(|e| e.into_inner()) = record;
@@ -260,10 +313,18 @@ impl Registry {
 
     /// Removes a topic; its partitions refuse further appends and reads.
     pub fn remove(&self, name: &str) -> Option<Arc<Topic>> {
+        let id = self.topic(name)?.id;
+        self.remove_id(id)
+    }
+
+    /// Removes a topic by id (a topic of the same name may have replaced it).
+    pub fn remove_id(&self, id: TopicId) -> Option<Arc<Topic>> {
         let topic = {
             let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
-            let topic = topics.by_name.remove(name)?;
-            topics.by_id.remove(&topic.id);
+            let topic = topics.by_id.remove(&id)?;
+            if topics.by_name.get(&topic.name).is_some_and(|t| t.id == id) {
+                topics.by_name.remove(&topic.name);
+            }
             topic
         };
         for p in topic

@@ -106,6 +106,10 @@ impl Gateway {
         for topic in self.registry.all() {
             let settings = topic.settings();
             for p in 0..topic.partition_count() {
+                // Each partition is compacted by its leader only.
+                if !topic.partition(p).is_some_and(|l| l.lock().led) {
+                    continue;
+                }
                 let tp = TopicPartition {
                     topic_id: topic.id,
                     partition: p,

@@ -363,13 +363,24 @@ async fn dispatch(
         client_id,
         client_host,
     };
+    let started = std::time::Instant::now();
     let (pending, barrier) = handlers::handle(gateway, &ctx, request).await;
+    let gw = gateway.clone();
     let response = Box::pin(async move {
         let mut body = pending.await?;
+        // Request latency for the scaler, without long-polling fetches (they wait on purpose).
+        if ctx.api_key != ApiKey::Fetch {
+            use std::sync::atomic::Ordering::Relaxed;
+            let stats = &gw.cluster.stats;
+            stats.requests.fetch_add(1, Relaxed);
+            stats
+                .request_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        }
         if let Some(a) = &authorizer {
             fixup.apply(a, &rid, ctx.version, &mut body);
         }
-        crate::authz::advertise_listener(&listener, ctx.version, &mut body);
+        crate::authz::advertise_listener(&listener, gw.config.node_id, ctx.version, &mut body);
         match encode_response(ctx.api_key, ctx.version, ctx.correlation_id, &body) {
             Ok(frame) => Some(frame),
             Err(e) => {

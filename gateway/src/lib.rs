@@ -18,6 +18,7 @@
 pub mod authz;
 pub mod batch;
 pub mod broker;
+pub mod cluster;
 pub mod compaction;
 pub mod config;
 pub mod conn;
@@ -80,6 +81,8 @@ pub struct GatewayConfig {
     pub max_connections_per_second: u32,
     /// Background compaction of small flush objects into per-partition segments.
     pub compaction: compaction::CompactionConfig,
+    /// Membership and partition hand-over among gateways.
+    pub cluster: cluster::ClusterConfig,
 }
 
 impl Default for GatewayConfig {
@@ -98,6 +101,7 @@ impl Default for GatewayConfig {
             max_connections: 10_000,
             max_connections_per_second: 1_000,
             compaction: compaction::CompactionConfig::default(),
+            cluster: cluster::ClusterConfig::default(),
         }
     }
 }
@@ -121,12 +125,14 @@ pub struct Gateway {
     pub auth: Option<Arc<weir_auth::Auth>>,
     /// Connection caps shared by every listener.
     pub limits: Arc<listener::ConnectionLimits>,
+    /// The other gateways, and which partitions and groups this one leads.
+    pub cluster: cluster::Cluster,
 }
 
 impl Gateway {
-    /// Loads every topic from the metadata store and takes leadership of its partitions.
-    /// Objects nothing refers to (left by a crash between an object write and its index
-    /// commit) are deleted.
+    /// Registers with the other gateways, loads every topic from the metadata store and
+    /// takes leadership of the partitions that fall to this gateway. Objects nothing refers
+    /// to (left by a crash between an object write and its index commit) are deleted.
     pub async fn start(
         config: GatewayConfig,
         meta: Arc<dyn MetadataStore>,
@@ -135,18 +141,18 @@ impl Gateway {
         auth: Option<Arc<weir_auth::Auth>>,
     ) -> Result<Arc<Self>, GatewayError> {
         let cluster_id = meta.cluster_id().await?;
-        for record in meta.list_topics().await? {
-            let tails = meta.acquire_partitions(record.id, 0).await?;
-            registry.insert(record, &tails);
-        }
-        // Nothing of this process is in flight yet: with in-process storage every
-        // unreferenced object is an orphan; storage nodes may be committing younger ones.
-        sweep_orphans(meta.as_ref(), storage.as_ref(), storage.orphan_grace()).await?;
         let limits = Arc::new(listener::ConnectionLimits::new(
             config.max_connections,
             config.max_connections_per_second,
         ));
+        let cluster = cluster::Cluster::new(
+            config.node_id,
+            config.advertised_host.clone(),
+            config.advertised_port,
+            config.cluster.clone(),
+        );
         Ok(Arc::new(Gateway {
+            cluster,
             sessions: handlers::fetch::FetchSessions::new(config.max_fetch_sessions),
             groups: groups::Coordinator::new(config.groups.clone()),
             consumer_groups: consumer_groups::ConsumerGroups::new(
@@ -162,6 +168,23 @@ impl Gateway {
             auth,
             limits,
         }))
+    }
+
+    /// Joins the cluster: registers, takes this gateway's share of the partitions, and
+    /// sweeps orphaned objects. Call once, before serving.
+    pub async fn join(self: &Arc<Self>) -> Result<(), GatewayError> {
+        self.cluster.register(self.meta.as_ref()).await?;
+        self.cluster.sync(self).await?;
+        // With a store of its own and in-process storage, nothing is in flight yet: every
+        // unreferenced object is an orphan. Other writers (gateways, storage nodes) may be
+        // between an object write and its commit: only old objects are swept.
+        let grace = if self.config.cluster.exclusive {
+            self.storage.orphan_grace()
+        } else {
+            self.storage.orphan_grace().max(ORPHAN_MIN_AGE)
+        };
+        sweep_orphans(self.meta.as_ref(), self.storage.as_ref(), grace).await?;
+        Ok(())
     }
 
     /// Applies retention to every partition once.
@@ -181,6 +204,10 @@ impl Gateway {
                 continue;
             }
             for p in 0..topic.partition_count() {
+                // Retention of each partition is applied by its leader only.
+                if !topic.partition(p).is_some_and(|l| l.lock().led) {
+                    continue;
+                }
                 let tp = weir_common::TopicPartition {
                     topic_id: topic.id,
                     partition: p,
@@ -298,6 +325,37 @@ pub async fn run(
             }
         })
     };
+    let membership = {
+        let gateway = gateway.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let config = gateway.config.cluster.clone();
+            let mut sync = tokio::time::interval(config.sync_interval);
+            sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut beat = tokio::time::interval(config.heartbeat_interval);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = beat.tick() => {
+                        if let Err(e) = gateway.cluster.heartbeat(&gateway).await {
+                            tracing::warn!(error = %e, "heartbeat failed");
+                        }
+                    }
+                    _ = sync.tick() => {
+                        if let Err(e) = gateway.cluster.sync(&gateway).await {
+                            tracing::warn!(error = %e, "cluster sync failed");
+                        }
+                    }
+                    _ = gateway.cluster.wake.notified() => {
+                        if let Err(e) = gateway.cluster.sync(&gateway).await {
+                            tracing::warn!(error = %e, "cluster sync failed");
+                        }
+                    }
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
     let ticker = {
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
@@ -371,6 +429,13 @@ pub async fn run(
     acceptors.abort_all();
     while acceptors.join_next().await.is_some() {}
     drop(accepted_rx);
+    let _ = membership.await;
+    // Hand the partitions over while admitted requests finish: other gateways take them at
+    // once instead of after the member timeout. A gateway alone with its store has no one
+    // to hand them to.
+    if !gateway.config.cluster.exclusive {
+        gateway.cluster.leave(&gateway).await;
+    }
     gateway.registry.close();
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(10), drain)

@@ -483,7 +483,9 @@ async fn leadership_moves(store: &dyn MetadataStore) -> anyhow::Result<()> {
     };
     let states = store.partition_states(t.id).await?;
     assert_eq!(states.len(), 2);
-    assert!(states.iter().all(|s| s.leader == crate::NO_LEADER && s.leader_epoch == 0));
+    assert!(states
+        .iter()
+        .all(|s| s.leader == crate::NO_LEADER && s.leader_epoch == 0));
     // Gateway 1 takes partition 1; a second take at the old epoch fails.
     let tail = store
         .take_leadership(tp, 1, 0)
@@ -506,8 +508,15 @@ async fn leadership_moves(store: &dyn MetadataStore) -> anyhow::Result<()> {
     assert!(!store.release_leadership(tp, 1, 0).await?);
     assert!(store.release_leadership(tp, 1, 1).await?);
     let states = store.partition_states(t.id).await?;
-    assert_eq!((states[1].leader, states[1].leader_epoch), (crate::NO_LEADER, 1));
-    assert_eq!(states[0].leader, crate::NO_LEADER, "the other partition is untouched");
+    assert_eq!(
+        (states[1].leader, states[1].leader_epoch),
+        (crate::NO_LEADER, 1)
+    );
+    assert_eq!(
+        states[0].leader,
+        crate::NO_LEADER,
+        "the other partition is untouched"
+    );
     // Gateway 2 takes over from the released state and inherits the tail.
     let tail = store
         .take_leadership(tp, 2, 1)

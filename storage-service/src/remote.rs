@@ -483,7 +483,7 @@ impl RemoteStorage {
         let mut nodes: Vec<(u64, &Node)> = self
             .nodes
             .iter()
-            .map(|n| (stable_hash(&[&key, n.addr.as_bytes()]), n))
+            .map(|n| (weir_common::stable_hash(&[&key, n.addr.as_bytes()]), n))
             .collect();
         nodes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.addr.cmp(&b.1.addr)));
         nodes.into_iter().map(|(_, n)| n).collect()
@@ -533,23 +533,6 @@ impl RemoteStorage {
             }
         }
     }
-}
-
-/// A hash that every build computes the same way (FNV-1a, then MurmurHash3's 64-bit
-/// finalizer to spread the bits): gateways built by different compilers must agree.
-fn stable_hash(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in *part {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
 }
 
 fn unexpected(response: &Response) -> StorageError {
@@ -903,7 +886,7 @@ mod tests {
         assert!(per_node.values().all(|n| *n > 70), "{per_node:?}");
         // The hash is fixed: this partition lands on this node on every build.
         assert_eq!(
-            stable_hash(&[b"weir"]),
+            weir_common::stable_hash(&[b"weir"]),
             0x928e_bc5f_622c_ac17_u64, // FNV-1a + fmix64 of "weir", computed independently
             "stable_hash changed"
         );

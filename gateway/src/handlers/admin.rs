@@ -34,9 +34,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use weir_common::{TopicId, TopicPartition};
 
-/// Creates a topic and takes leadership of its partitions. Errors are (Kafka code, message).
+/// Creates a topic and takes this gateway's share of its partitions. Errors are (Kafka code, message).
 pub async fn create_topic(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     name: &str,
     partitions: i32,
     configs: BTreeMap<String, String>,
@@ -54,13 +54,17 @@ pub async fn create_topic(
         .create_topic(name, partitions, configs)
         .await
         .map_err(|e| (metadata_error_code(&e), e.to_string()))?;
-    let tails = gw
-        .meta
-        .acquire_partitions(record.id, 0)
-        .await
-        .map_err(|e| (metadata_error_code(&e), e.to_string()))?;
     tracing::info!(topic = %name, partitions, id = %record.id, "topic created");
-    Ok(gw.registry.insert(record, &tails))
+    let topic = gw
+        .registry
+        .insert(record, &crate::cluster::empty_states(partitions));
+    // Take this gateway's share now so that the creator can produce at once; the other
+    // gateways take theirs at their next sync.
+    if let Err(e) = gw.cluster.sync_topic(gw, topic.id).await {
+        tracing::warn!(topic = %name, error = %e, "taking the new partitions failed; the next sync retries");
+    }
+    gw.cluster.wake.notify_one();
+    Ok(topic)
 }
 
 /// Validates the configs of a CreateTopics entry into a map.
@@ -77,7 +81,7 @@ fn topic_configs(
 }
 
 pub async fn create_topics(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     version: i16,
     req: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
@@ -275,7 +279,7 @@ async fn delete_topic(gw: &Gateway, topic: &Topic) -> Result<(), (i16, String)> 
 }
 
 pub async fn create_partitions(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     version: i16,
     req: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
@@ -313,12 +317,11 @@ pub async fn create_partitions(
                 .create_partitions(&name, t.count)
                 .await
                 .map_err(|e| (ResponseError::InvalidPartitions, e.to_string()))?;
-            let tails = gw
-                .meta
-                .acquire_partitions(record.id, current)
-                .await
-                .map_err(|e| (ResponseError::KafkaStorageError, e.to_string()))?;
-            gw.registry.add_partitions(&topic, record, &tails);
+            let states: Vec<_> = (current..t.count).map(weir_metadata::PartitionState::empty).collect();
+            gw.registry.add_partitions(&topic, record, &states);
+            if let Err(e) = gw.cluster.sync_topic(gw, topic.id).await {
+                tracing::warn!(topic = %name, error = %e, "taking the new partitions failed; the next sync retries");
+            }
             tracing::info!(topic = %name, partitions = t.count, "partitions added");
             Ok(())
         }
@@ -416,12 +419,24 @@ pub fn describe_cluster(
     _version: i16,
     _req: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
-    let broker = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(gw.config.node_id))
-        .with_host(StrBytes::from_string(gw.config.advertised_host.clone()))
-        .with_port(gw.config.advertised_port);
+    let view = gw.cluster.view();
+    let brokers = view
+        .members
+        .iter()
+        .map(|m| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(m.node_id))
+                .with_host(StrBytes::from_string(m.host.clone()))
+                .with_port(m.port)
+                .with_rack(m.rack.clone().map(StrBytes::from_string))
+        })
+        .collect();
+    let controller = view
+        .members
+        .first()
+        .map_or(gw.config.node_id, |m| m.node_id);
     DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(gw.cluster_id.clone()))
-        .with_controller_id(BrokerId(gw.config.node_id))
-        .with_brokers(vec![broker])
+        .with_controller_id(BrokerId(controller))
+        .with_brokers(brokers)
 }

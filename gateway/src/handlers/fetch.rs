@@ -345,13 +345,19 @@ async fn read_partition(
             .with_high_watermark(-1)
             .with_last_stable_offset(-1);
     };
-    let (hw, log_start, deleted) = {
+    let (hw, log_start, deleted, led) = {
         let s = log.lock();
-        (s.high_watermark, s.log_start, s.deleted)
+        (s.high_watermark, s.log_start, s.deleted, s.led)
     };
     if deleted {
         return base
             .with_error_code(code(missing))
+            .with_high_watermark(-1)
+            .with_last_stable_offset(-1);
+    }
+    if !led {
+        return base
+            .with_error_code(code(ResponseError::NotLeaderOrFollower))
             .with_high_watermark(-1)
             .with_last_stable_offset(-1);
     }
@@ -371,6 +377,7 @@ async fn read_partition(
             if !records.is_empty() {
                 *first = false;
                 *budget = budget.saturating_sub(records.len());
+                log.count_out(records.len());
             }
             base.with_records(Some(records))
         }

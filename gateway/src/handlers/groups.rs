@@ -72,11 +72,12 @@ pub fn find_coordinator(
     version: i16,
     req: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    let node = BrokerId(gw.config.node_id);
-    let host = s(gw.config.advertised_host.clone());
-    let port = gw.config.advertised_port;
     // Groups only: transactions and share groups are not implemented.
     let unsupported = req.key_type != 0;
+    let coordinator = |key: &str| {
+        let m = gw.cluster.coordinator(key);
+        (BrokerId(m.node_id), s(m.host), m.port)
+    };
     if version < 4 {
         let mut resp = FindCoordinatorResponse::default();
         if unsupported {
@@ -90,6 +91,7 @@ pub fn find_coordinator(
             }
             return resp;
         }
+        let (node, host, port) = coordinator(&req.key);
         return resp.with_node_id(node).with_host(host).with_port(port);
     }
     let coordinators = req
@@ -103,7 +105,8 @@ pub fn find_coordinator(
                     .with_node_id(BrokerId(-1))
                     .with_port(-1)
             } else {
-                c.with_node_id(node).with_host(host.clone()).with_port(port)
+                let (node, host, port) = coordinator(&c.key);
+                c.with_node_id(node).with_host(host).with_port(port)
             }
         })
         .collect();
@@ -119,6 +122,11 @@ pub async fn join_group(
     ctx: &RequestContext,
     req: JoinGroupRequest,
 ) -> JoinGroupResponse {
+    if !gw.cluster.is_coordinator(&req.group_id.0) {
+        return JoinGroupResponse::default()
+            .with_error_code(code(ResponseError::NotCoordinator))
+            .with_generation_id(-1);
+    }
     let version = ctx.version;
     let session_timeout = ms(req.session_timeout_ms);
     // v0 had no rebalance timeout: it was the session timeout.
@@ -192,6 +200,9 @@ pub async fn join_group(
 }
 
 pub async fn sync_group(gw: &Gateway, version: i16, req: SyncGroupRequest) -> SyncGroupResponse {
+    if !gw.cluster.is_coordinator(&req.group_id.0) {
+        return SyncGroupResponse::default().with_error_code(code(ResponseError::NotCoordinator));
+    }
     let assignments = req
         .assignments
         .iter()
@@ -227,6 +238,9 @@ pub async fn sync_group(gw: &Gateway, version: i16, req: SyncGroupRequest) -> Sy
 }
 
 pub fn heartbeat(gw: &Gateway, _version: i16, req: HeartbeatRequest) -> HeartbeatResponse {
+    if !gw.cluster.is_coordinator(&req.group_id.0) {
+        return HeartbeatResponse::default().with_error_code(code(ResponseError::NotCoordinator));
+    }
     let error = gw.groups.heartbeat(
         &req.group_id.0,
         req.generation_id,
@@ -237,6 +251,9 @@ pub fn heartbeat(gw: &Gateway, _version: i16, req: HeartbeatRequest) -> Heartbea
 }
 
 pub fn leave_group(gw: &Gateway, version: i16, req: LeaveGroupRequest) -> LeaveGroupResponse {
+    if !gw.cluster.is_coordinator(&req.group_id.0) {
+        return LeaveGroupResponse::default().with_error_code(code(ResponseError::NotCoordinator));
+    }
     let members: Vec<(String, Option<String>)> = if version >= 3 {
         req.members
             .iter()
@@ -274,19 +291,27 @@ pub async fn offset_commit(
     req: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let group = req.group_id.0.to_string();
-    let check = match gw.consumer_groups.check_commit(
-        &group,
-        &req.member_id,
-        req.generation_id_or_member_epoch,
-    ) {
-        Some(result) => result,
-        None => gw.groups.check_commit(
-            &group,
-            req.generation_id_or_member_epoch,
-            &req.member_id,
-            req.group_instance_id.as_deref(),
-        ),
+    // Generations live in the coordinator's memory: only it can check a commit.
+    let check = if !gw.cluster.is_coordinator(&group) {
+        Err(ResponseError::NotCoordinator)
+    } else {
+        Ok(())
     };
+    let check = check.and(
+        match gw.consumer_groups.check_commit(
+            &group,
+            &req.member_id,
+            req.generation_id_or_member_epoch,
+        ) {
+            Some(result) => result,
+            None => gw.groups.check_commit(
+                &group,
+                req.generation_id_or_member_epoch,
+                &req.member_id,
+                req.group_instance_id.as_deref(),
+            ),
+        },
+    );
     let now = weir_common::now_ms();
     let mut to_store = Vec::new();
     // (topic index, partition index, error) to answer.
@@ -501,6 +526,8 @@ async fn all_groups(gw: &Gateway) -> Vec<(String, GroupState, String, usize)> {
             }
         }
     }
+    // Each gateway lists the groups it coordinates (clients ask every broker).
+    groups.retain(|(id, ..)| gw.cluster.is_coordinator(id));
     groups.sort_by(|a, b| a.0.cmp(&b.0));
     groups
 }
@@ -561,6 +588,10 @@ pub async fn describe_groups(
     let mut out = Vec::new();
     for id in req.groups {
         let mut d = DescribedGroup::default().with_group_id(id.clone());
+        if !gw.cluster.is_coordinator(&id.0) {
+            out.push(d.with_error_code(code(ResponseError::NotCoordinator)));
+            continue;
+        }
         match gw.groups.get(&id.0) {
             Some(group) => {
                 let g = group.lock().unwrap_or_else(|e| e.into_inner());
@@ -617,9 +648,13 @@ pub async fn delete_groups(
 ) -> DeleteGroupsResponse {
     let mut results = Vec::new();
     for id in req.groups_names {
-        let error = match gw
-            .consumer_groups
-            .delete(&id.0)
+        let error = if !gw.cluster.is_coordinator(&id.0) {
+            Err(ResponseError::NotCoordinator)
+        } else {
+            Ok(())
+        };
+        let error = match error
+            .and_then(|()| gw.consumer_groups.delete(&id.0))
             .and_then(|a| gw.groups.delete(&id.0).map(|b| a || b))
         {
             Err(e) => Some(e),
@@ -730,6 +765,10 @@ pub fn consumer_group_heartbeat(
     req: ConsumerGroupHeartbeatRequest,
 ) -> ConsumerGroupHeartbeatResponse {
     let group = req.group_id.0.to_string();
+    if !gw.cluster.is_coordinator(&group) {
+        return ConsumerGroupHeartbeatResponse::default()
+            .with_error_code(code(ResponseError::NotCoordinator));
+    }
     let classic_busy = gw.groups.get(&group).is_some_and(|g| {
         !g.lock()
             .unwrap_or_else(|e| e.into_inner())

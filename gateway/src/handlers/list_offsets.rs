@@ -37,10 +37,14 @@ pub async fn handle(
                 partitions.push(resp.with_error_code(code(ResponseError::UnknownTopicOrPartition)));
                 continue;
             };
-            let (hw, start, epoch) = {
+            let (hw, start, epoch, led) = {
                 let s = log.lock();
-                (s.high_watermark, s.log_start, s.leader_epoch)
+                (s.high_watermark, s.log_start, s.leader_epoch, s.led)
             };
+            if !led {
+                partitions.push(resp.with_error_code(code(ResponseError::NotLeaderOrFollower)));
+                continue;
+            }
             let found = match p.timestamp {
                 LATEST | LATEST_TIERED => Ok(Some((-1, hw))),
                 EARLIEST | EARLIEST_LOCAL => Ok(Some((-1, start))),

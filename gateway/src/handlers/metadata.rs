@@ -1,5 +1,5 @@
-//! Metadata: brokers (this gateway at its advertised address), topics with ids, partitions
-//! led by this gateway; auto-creation when enabled and allowed by the request.
+//! Metadata: brokers (the live gateways at their advertised addresses), topics with ids, each
+//! partition's leader; auto-creation when enabled and allowed by the request.
 
 use super::{admin, code};
 use crate::broker::Topic;
@@ -15,14 +15,27 @@ use std::sync::Arc;
 use weir_common::TopicId;
 
 pub async fn handle(gw: &Arc<Gateway>, version: i16, req: MetadataRequest) -> MetadataResponse {
-    let node = BrokerId(gw.config.node_id);
-    let mut broker = MetadataResponseBroker::default()
-        .with_node_id(node)
-        .with_host(StrBytes::from_string(gw.config.advertised_host.clone()))
-        .with_port(gw.config.advertised_port);
-    if version >= 1 {
-        broker = broker.with_rack(None);
-    }
+    let view = gw.cluster.view();
+    let brokers: Vec<MetadataResponseBroker> = view
+        .members
+        .iter()
+        .map(|m| {
+            let mut broker = MetadataResponseBroker::default()
+                .with_node_id(BrokerId(m.node_id))
+                .with_host(StrBytes::from_string(m.host.clone()))
+                .with_port(m.port);
+            if version >= 1 {
+                broker = broker.with_rack(m.rack.clone().map(StrBytes::from_string));
+            }
+            broker
+        })
+        .collect();
+    // The controller: the lowest live node id (admin requests work on any gateway).
+    let controller = BrokerId(
+        view.members
+            .first()
+            .map_or(gw.config.node_id, |m| m.node_id),
+    );
     // Before v4 a Metadata request always allowed auto-creation.
     let allow_create =
         gw.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
@@ -81,10 +94,10 @@ pub async fn handle(gw: &Arc<Gateway>, version: i16, req: MetadataRequest) -> Me
         }
     }
     let mut resp = MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_topics(topics);
     if version >= 1 {
-        resp = resp.with_controller_id(node);
+        resp = resp.with_controller_id(controller);
     }
     if version >= 2 {
         resp = resp.with_cluster_id(Some(StrBytes::from_string(gw.cluster_id.clone())));
@@ -97,18 +110,29 @@ fn uuid_nil() -> uuid::Uuid {
 }
 
 fn describe(gw: &Gateway, version: i16, topic: &Topic) -> MetadataResponseTopic {
-    let node = BrokerId(gw.config.node_id);
+    let view = gw.cluster.view();
     let partitions = (0..topic.partition_count())
         .map(|p| {
-            let epoch = topic
+            let (epoch, leader) = topic
                 .partition(p)
-                .map(|l| l.lock().leader_epoch)
-                .unwrap_or(0);
-            let mut part = MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(node)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node]);
+                .map(|l| {
+                    let s = l.lock();
+                    (s.leader_epoch, s.leader)
+                })
+                .unwrap_or((0, weir_metadata::NO_LEADER));
+            let mut part = MetadataResponsePartition::default().with_partition_index(p);
+            if leader == gw.config.node_id || view.member(leader).is_some() {
+                let node = BrokerId(leader);
+                part = part
+                    .with_leader_id(node)
+                    .with_replica_nodes(vec![node])
+                    .with_isr_nodes(vec![node]);
+            } else {
+                // Between leaders (a move, a gateway that died): retriable.
+                part = part
+                    .with_error_code(code(ResponseError::LeaderNotAvailable))
+                    .with_leader_id(BrokerId(-1));
+            }
             if version >= 7 {
                 part = part.with_leader_epoch(epoch);
             }

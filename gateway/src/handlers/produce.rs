@@ -146,6 +146,15 @@ async fn append(
             None,
         ));
     }
+    if !state.led {
+        // Led elsewhere, or moving: the client refreshes its metadata and follows.
+        return Outcome::Done(error_response(
+            index,
+            ResponseError::NotLeaderOrFollower,
+            None,
+        ));
+    }
+    log.count_in(records.len());
     let mut producer: Option<ProducerBatchState> = None;
     let mut next = state.next_offset;
     for (i, b) in batches.iter().enumerate() {
@@ -407,7 +416,11 @@ fn append_failed(
         }
     }
     match e.kind() {
-        ErrorKind::Fenced => ResponseError::NotLeaderOrFollower,
+        ErrorKind::Fenced => {
+            // Another gateway took the partition: stop appending here at once.
+            log.lock().led = false;
+            ResponseError::NotLeaderOrFollower
+        }
         _ => ResponseError::KafkaStorageError,
     }
 }

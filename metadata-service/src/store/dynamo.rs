@@ -56,8 +56,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weir_common::{
-    now_ms, CommitRefused, IndexEntry, LeaderEpoch, Offset, PartitionCommit, PartitionIndex, ProducerBatchState,
-    TopicId, TopicPartition,
+    now_ms, CommitRefused, IndexEntry, LeaderEpoch, Offset, PartitionCommit, PartitionIndex,
+    ProducerBatchState, TopicId, TopicPartition,
 };
 
 type Item = HashMap<String, AttributeValue>;

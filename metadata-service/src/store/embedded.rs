@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use weir_common::{
-    now_ms, CommitRefused, IndexEntry, LeaderEpoch, Offset, PartitionCommit, ProducerBatchState, TopicId,
-    TopicPartition,
+    now_ms, CommitRefused, IndexEntry, LeaderEpoch, Offset, PartitionCommit, ProducerBatchState,
+    TopicId, TopicPartition,
 };
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
