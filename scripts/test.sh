@@ -128,8 +128,8 @@ log "the whole end-to-end suite again, on the AWS backends: metadata in DynamoDB
 WEIR_E2E_METADATA=dynamodb WEIR_E2E_OBJECT_STORE=s3 "$VENV/bin/python" -m pytest -v ${PYTEST_ARGS:-} \
   tests/e2e </dev/null
 
-log "produce/consume/group/idempotence/durability end-to-end tests again, through a 'weir storage' node and a 'weir metadata' service over QUIC"
+log "produce/consume/group/idempotence/durability/scaling end-to-end tests again, through a 'weir storage' node and a 'weir metadata' service over QUIC"
 # shellcheck disable=SC2086
 WEIR_E2E_STORAGE=node "$VENV/bin/python" -m pytest -v ${PYTEST_ARGS:-} \
   tests/e2e/test_produce_consume.py tests/e2e/test_groups.py tests/e2e/test_idempotence.py \
-  tests/e2e/test_durability.py </dev/null
+  tests/e2e/test_durability.py tests/e2e/test_scaling.py </dev/null

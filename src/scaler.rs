@@ -1542,6 +1542,45 @@ mod tests {
         assert!(again.is_empty() || load(1) > 1000.0, "{again:?}");
     }
 
+    /// The ECS launcher against the AWS-compatible server of the test set-up (moto):
+    /// a service's desired count follows `set`, and `current` reads it back.
+    #[tokio::test]
+    async fn ecs_launcher_sets_the_desired_count() -> anyhow::Result<()> {
+        let Ok(endpoint) = std::env::var("WEIR_TEST_DYNAMODB_ENDPOINT") else {
+            eprintln!("skipped: WEIR_TEST_DYNAMODB_ENDPOINT is not set (scripts/test.sh sets it)");
+            return Ok(());
+        };
+        let cluster = format!("weir-{}", uuid::Uuid::new_v4().simple());
+        let launcher =
+            EcsLauncher::connect(cluster.clone(), "gateways".into(), Some(endpoint)).await;
+        let c = &launcher.client;
+        c.create_cluster().cluster_name(&cluster).send().await?;
+        c.register_task_definition()
+            .family("weir-gateway")
+            .container_definitions(
+                aws_sdk_ecs::types::ContainerDefinition::builder()
+                    .name("weir")
+                    .image("weir:latest")
+                    .memory(512)
+                    .build(),
+            )
+            .send()
+            .await?;
+        c.create_service()
+            .cluster(&cluster)
+            .service_name("gateways")
+            .task_definition("weir-gateway")
+            .desired_count(1)
+            .send()
+            .await?;
+        assert_eq!(launcher.current().await?, 1);
+        launcher.set(3).await?;
+        assert_eq!(launcher.current().await?, 3);
+        launcher.set(2).await?;
+        assert_eq!(launcher.current().await?, 2);
+        Ok(())
+    }
+
     #[test]
     fn idle_partitions_are_spread_by_count() {
         let views: Vec<PartitionView> = (0..9)

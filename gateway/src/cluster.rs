@@ -32,6 +32,9 @@ use std::time::{Duration, Instant};
 use weir_common::{TopicId, TopicPartition};
 use weir_metadata::{MetadataError, MetadataStore, PartitionState, NO_LEADER};
 
+/// How often a gateway alone in its cluster reads topics and leaders.
+pub const ALONE_FULL_SYNC: Duration = Duration::from_secs(2);
+
 /// Records namespace of the gateway registrations (key: node id, ten digits).
 pub const MEMBERS: &str = "gateways";
 /// Records namespace of partition placements (key: topic id; value: [`Assignment`]).
@@ -236,6 +239,9 @@ struct Sample {
     partitions: HashMap<TopicPartition, (u64, u64)>,
 }
 
+/// A partition to take: its log, the epoch read, the leader recorded then.
+type Take = (Arc<PartitionLog>, i32, i32);
+
 /// This gateway's membership and leadership duties.
 #[derive(Debug)]
 pub struct Cluster {
@@ -255,6 +261,8 @@ pub struct Cluster {
     last_load: Mutex<Load>,
     /// Wakes the sync loop early (a topic was created here).
     pub wake: tokio::sync::Notify,
+    /// When topics and leaders were last read (alone, a gateway reads them less often).
+    last_full: Mutex<Option<Instant>>,
 }
 
 impl Cluster {
@@ -288,6 +296,7 @@ impl Cluster {
             sample: Mutex::new(None),
             last_load: Mutex::new(Load::default()),
             wake: tokio::sync::Notify::new(),
+            last_full: Mutex::new(None),
         }
     }
 
@@ -454,8 +463,10 @@ impl Cluster {
         load
     }
 
-    /// Reads members, topics and placements, then takes and hands over partitions.
-    pub async fn sync(&self, gw: &Arc<Gateway>) -> Result<(), MetadataError> {
+    /// Reads members, topics and placements, then takes and hands over partitions. A
+    /// gateway alone in its cluster reads topics and leaders only every
+    /// [`ALONE_FULL_SYNC`] unless `force`d: nobody else changes them but operators' tools.
+    pub async fn sync(&self, gw: &Arc<Gateway>, force: bool) -> Result<(), MetadataError> {
         let meta = gw.meta.as_ref();
         let now = weir_common::now_ms();
         let registered = members(meta).await?;
@@ -472,10 +483,20 @@ impl Cluster {
             // Everyone is draining: partitions still need a leader.
             eligible = live.iter().map(|m| m.node_id).collect();
         }
+        let alone = live.len() == 1;
+        let was_alone = self.view().members.len() == 1;
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(View {
             members: live,
             eligible,
         });
+        {
+            let mut last = self.last_full.lock().unwrap_or_else(|e| e.into_inner());
+            let recent = last.is_some_and(|at| at.elapsed() < ALONE_FULL_SYNC);
+            if alone && was_alone && recent && !force {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
         self.refresh_topics(gw).await?;
         *self.assigned.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(assignments(meta).await?);
@@ -531,7 +552,7 @@ impl Cluster {
         &self,
         gw: &Arc<Gateway>,
         topic_id: TopicId,
-    ) -> Result<Vec<(Arc<PartitionLog>, i32)>, MetadataError> {
+    ) -> Result<Vec<Take>, MetadataError> {
         let Some(topic) = gw.registry.topic_by_id(topic_id) else {
             return Ok(Vec::new());
         };
@@ -592,18 +613,18 @@ impl Cluster {
                 && desired == Some(self.node_id)
                 && (st.leader == NO_LEADER || st.leader == self.node_id || !live(st.leader))
             {
-                takes.push((log, st.leader_epoch));
+                takes.push((log, st.leader_epoch, st.leader));
             }
         }
         Ok(takes)
     }
 
-    async fn take_all(&self, gw: &Arc<Gateway>, takes: Vec<(Arc<PartitionLog>, i32)>) {
+    async fn take_all(&self, gw: &Arc<Gateway>, takes: Vec<Take>) {
         if takes.is_empty() {
             return;
         }
         let took = futures::stream::iter(takes)
-            .map(|(log, epoch)| self.take(gw, log, epoch))
+            .map(|(log, epoch, from)| self.take(gw, log, epoch, from))
             .buffer_unordered(16)
             .filter(|ok| futures::future::ready(*ok))
             .count()
@@ -613,15 +634,20 @@ impl Cluster {
         }
     }
 
-    async fn take(&self, gw: &Arc<Gateway>, log: Arc<PartitionLog>, epoch: i32) -> bool {
+    async fn take(&self, gw: &Arc<Gateway>, log: Arc<PartitionLog>, epoch: i32, from: i32) -> bool {
         let started = Instant::now();
         match gw.meta.take_leadership(log.tp, self.node_id, epoch).await {
             Ok(Some(tail)) => {
                 gw.storage.discard(log.tp);
                 log.install(&tail, self.node_id);
-                tracing::info!(tp = %log.tp, epoch = tail.state.leader_epoch,
-                    next_offset = tail.state.next_offset, took_ms = started.elapsed().as_millis() as u64,
-                    "leading partition");
+                let took_ms = started.elapsed().as_millis() as u64;
+                if from == NO_LEADER || from == self.node_id {
+                    tracing::debug!(tp = %log.tp, epoch = tail.state.leader_epoch,
+                        next_offset = tail.state.next_offset, took_ms, "leading partition");
+                } else {
+                    tracing::info!(tp = %log.tp, epoch = tail.state.leader_epoch, from,
+                        next_offset = tail.state.next_offset, took_ms, "took the partition over");
+                }
                 true
             }
             Ok(None) => {

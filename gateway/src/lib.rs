@@ -174,7 +174,7 @@ impl Gateway {
     /// sweeps orphaned objects. Call once, before serving.
     pub async fn join(self: &Arc<Self>) -> Result<(), GatewayError> {
         self.cluster.register(self.meta.as_ref()).await?;
-        self.cluster.sync(self).await?;
+        self.cluster.sync(self, true).await?;
         // With a store of its own and in-process storage, nothing is in flight yet: every
         // unreferenced object is an orphan. Other writers (gateways, storage nodes) may be
         // between an object write and its commit: only old objects are swept.
@@ -342,12 +342,12 @@ pub async fn run(
                         }
                     }
                     _ = sync.tick() => {
-                        if let Err(e) = gateway.cluster.sync(&gateway).await {
+                        if let Err(e) = gateway.cluster.sync(&gateway, false).await {
                             tracing::warn!(error = %e, "cluster sync failed");
                         }
                     }
                     _ = gateway.cluster.wake.notified() => {
-                        if let Err(e) = gateway.cluster.sync(&gateway).await {
+                        if let Err(e) = gateway.cluster.sync(&gateway, true).await {
                             tracing::warn!(error = %e, "cluster sync failed");
                         }
                     }

@@ -269,8 +269,12 @@ def test_kill9_gateway_under_load(weir_factory):
                what="partitions led by three gateways")
     load = Load(server.bootstrap, topic, 9, rate=300, group=unique_topic("kill-group")).start()
     time.sleep(3)
-    before = leaders(meta, topic)
-    victim = next(n for n in sorted(set(before.values())) if n != 0)
+
+    def settled():
+        now = leaders(meta, topic)
+        return -1 not in now.values() and len(set(now.values())) == 3 and now
+    before = wait_until(settled, 30, what="every partition led, by three gateways")
+    victim = next(n for n in sorted(set(before.values())) if n > 0)
     theirs = sorted(p for p, n in before.items() if n == victim)
     killed_at = time.monotonic()
     os.kill(gateway_pid(server, victim), signal.SIGKILL)
