@@ -183,7 +183,12 @@ pub struct AuthStore {
     version: AtomicU64,
     /// Serializes writers so a read-modify-write of one record cannot interleave.
     write: tokio::sync::Mutex<()>,
+    /// The records the state was last built from (refresh compares against them).
+    loaded: std::sync::Mutex<Vec<Raw>>,
 }
+
+/// One stored record: namespace, key, bytes.
+type Raw = (&'static str, String, Vec<u8>);
 
 fn decode_json<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, AuthError> {
     serde_json::from_slice(bytes)
@@ -222,6 +227,7 @@ impl AuthStore {
             state: RwLock::new(State::default()),
             version: AtomicU64::new(1),
             write: tokio::sync::Mutex::new(()),
+            loaded: std::sync::Mutex::new(Vec::new()),
         };
         store.reload().await?;
         Ok(store)
@@ -229,9 +235,41 @@ impl AuthStore {
 
     /// Re-reads everything from the metadata store (changes made by other processes).
     pub async fn reload(&self) -> Result<(), AuthError> {
+        let raw = self.read_raw().await?;
+        self.rebuild(raw)
+    }
+
+    /// Picks up changes other gateways made (their admin APIs write to the shared store):
+    /// rebuilds the cache, and drops connections' cached decisions, only if a record changed.
+    pub async fn refresh(&self) -> Result<bool, AuthError> {
+        let _w = self.write.lock().await;
+        let raw = self.read_raw().await?;
+        if *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) == raw {
+            return Ok(false);
+        }
+        self.rebuild(raw)?;
+        Ok(true)
+    }
+
+    async fn read_raw(&self) -> Result<Vec<Raw>, AuthError> {
+        let mut raw = Vec::new();
+        for ns in [NS_KEYS, NS_SCRAM, NS_POLICIES] {
+            for (key, bytes) in self.meta.record_list(ns).await? {
+                raw.push((ns, key, bytes));
+            }
+        }
+        Ok(raw)
+    }
+
+    fn rebuild(&self, raw: Vec<Raw>) -> Result<(), AuthError> {
         let mut state = State::default();
-        for (id, bytes) in self.meta.record_list(NS_KEYS).await? {
-            let key: StoredKey = decode_json(&format!("access key {id}"), &bytes)?;
+        let records = |ns: &'static str| {
+            raw.iter()
+                .filter(move |(n, ..)| *n == ns)
+                .map(|(_, k, b)| (k.clone(), b.as_slice()))
+        };
+        for (id, bytes) in records(NS_KEYS) {
+            let key: StoredKey = decode_json(&format!("access key {id}"), bytes)?;
             // A key that does not decrypt with this master key would fail every login:
             // say so once, loudly, at load.
             if self.master.open(&key.secret, &key.access_key_id).is_err() {
@@ -239,21 +277,22 @@ impl AuthStore {
             }
             state.keys.insert(id, key);
         }
-        for (user, bytes) in self.meta.record_list(NS_SCRAM).await? {
+        for (user, bytes) in records(NS_SCRAM) {
             state.scram.insert(
                 user.clone(),
-                decode_json(&format!("SCRAM user {user}"), &bytes)?,
+                decode_json(&format!("SCRAM user {user}"), bytes)?,
             );
         }
-        for (principal, bytes) in self.meta.record_list(NS_POLICIES).await? {
+        for (principal, bytes) in records(NS_POLICIES) {
             let docs: BTreeMap<String, PolicyDocument> =
-                decode_json(&format!("policies of {principal}"), &bytes)?;
+                decode_json(&format!("policies of {principal}"), bytes)?;
             state.policies.insert(
                 principal,
                 docs.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             );
         }
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = raw;
         self.version.fetch_add(1, Ordering::Release);
         Ok(())
     }

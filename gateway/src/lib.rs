@@ -229,6 +229,9 @@ impl Gateway {
     }
 }
 
+/// How often a gateway sharing its metadata store re-reads credentials and policies.
+const AUTH_REFRESH: Duration = Duration::from_secs(2);
+
 /// How often a running gateway looks for orphaned objects, and how old they must be.
 const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(3600);
 const ORPHAN_MIN_AGE: Duration = Duration::from_secs(15 * 60);
@@ -334,8 +337,21 @@ pub async fn run(
             sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut beat = tokio::time::interval(config.heartbeat_interval);
             beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Credentials and policies other gateways' admin APIs changed.
+            let mut credentials = tokio::time::interval(AUTH_REFRESH);
+            credentials.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let shared_auth = gateway.auth.clone().filter(|_| !config.exclusive);
             loop {
                 tokio::select! {
+                    _ = credentials.tick(), if shared_auth.is_some() => {
+                        if let Some(auth) = &shared_auth {
+                            match auth.store.refresh().await {
+                                Ok(true) => tracing::info!("credentials or policies changed elsewhere; reloaded"),
+                                Ok(false) => {}
+                                Err(e) => tracing::warn!(error = %e, "reloading credentials failed"),
+                            }
+                        }
+                    }
                     _ = beat.tick() => {
                         if let Err(e) = gateway.cluster.heartbeat(&gateway).await {
                             tracing::warn!(error = %e, "heartbeat failed");
