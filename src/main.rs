@@ -650,6 +650,9 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let embedded = settings.metadata.starts_with("embedded://");
+    if role == Role::Gateway && settings.gateways_auto {
+        bail!("--gateways auto is for `weir serve` (or run `weir scaler`)");
+    }
     if role == Role::Gateway && embedded {
         bail!(
             "`weir gateway` shares its metadata with other gateways: give --metadata \
@@ -1022,13 +1025,7 @@ async fn start_local_gateways(
         "WEIR_AUTH_MASTER_KEY".to_string(),
         master.trim().to_string(),
     )];
-    let first_id = weir_gateway::cluster::members(meta.as_ref())
-        .await?
-        .iter()
-        .map(|m| m.node_id + 1)
-        .max()
-        .unwrap_or(1)
-        .max(1);
+    let first_id = scaler::next_node_id(meta.as_ref()).await?;
     let launcher = Arc::new(scaler::LocalLauncher::new(
         std::env::current_exe()?,
         args,
@@ -1107,32 +1104,26 @@ async fn signal_shutdown(token: CancellationToken) {
     token.cancel();
 }
 
+/// `weir serve` and `weir gateway`.
+fn run_gateway(args: ServeArgs, role: Role) -> Result<()> {
+    let settings = args.resolve()?;
+    init_logging(settings.log_format);
+    start_allocator_trimmer();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // Few blocking threads: each thread that allocates large buffers keeps an allocator
+        // arena of its own (measured: hundreds of MiB of RSS over the live heap), and the
+        // blocking work (file and metadata I/O) is mostly serial.
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(settings, role))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => {
-            let settings = args.resolve()?;
-            init_logging(settings.log_format);
-            start_allocator_trimmer();
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                // Few blocking threads: each thread that allocates large buffers keeps an
-                // allocator arena of its own (measured: hundreds of MiB of RSS over the live
-                // heap), and the blocking work (file and metadata I/O) is mostly serial.
-                .max_blocking_threads(4)
-                .enable_all()
-                .build()?;
-            runtime.block_on(serve(settings, Role::Serve))
-        }
-        Command::Gateway(args) => {
-            let settings = args.resolve()?;
-            init_logging(settings.log_format);
-            start_allocator_trimmer();
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .max_blocking_threads(4)
-                .enable_all()
-                .build()?;
-            runtime.block_on(serve(settings, Role::Gateway))
-        }
+        Command::Serve(args) => run_gateway(*args, Role::Serve),
+        Command::Gateway(args) => run_gateway(*args, Role::Gateway),
         Command::Lag(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

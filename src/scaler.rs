@@ -450,6 +450,17 @@ pub async fn apply_moves(
     Ok(())
 }
 
+/// A node id above every registered gateway's: where a local launcher starts counting.
+pub async fn next_node_id(meta: &dyn MetadataStore) -> Result<i32> {
+    Ok(cluster::members(meta)
+        .await?
+        .iter()
+        .map(|m| m.node_id.saturating_add(1))
+        .max()
+        .unwrap_or(1)
+        .max(1))
+}
+
 /// Starts and stops gateways for the scaler.
 #[async_trait]
 pub trait Launcher: Send + Sync + std::fmt::Debug {
@@ -1028,14 +1039,8 @@ impl Scaler {
             self.pending = None;
             return Ok(true);
         }
-        for m in moves {
-            let states = self.meta.partition_states(TopicId(m.topic)).await?;
-            if states
-                .iter()
-                .any(|s| s.partition == m.partition && s.leader != m.to)
-            {
-                return Ok(false);
-            }
+        if !moves_done(self.meta.as_ref(), moves).await? {
+            return Ok(false);
         }
         self.pending = None;
         Ok(true)
@@ -1123,13 +1128,7 @@ async fn run_scaler(args: ScalerArgs) -> Result<()> {
             if !gateway_args.iter().any(|a| a == "--metadata") {
                 bail!("--launcher local needs --gateway-args with at least --metadata and the storage settings of the gateways");
             }
-            let first = cluster::members(meta.as_ref())
-                .await?
-                .iter()
-                .map(|m| m.node_id + 1)
-                .max()
-                .unwrap_or(1)
-                .max(1);
+            let first = next_node_id(meta.as_ref()).await?;
             Arc::new(LocalLauncher::new(
                 exe,
                 gateway_args,
@@ -1403,6 +1402,20 @@ async fn partitions(command: PartitionsCommand) -> Result<()> {
     }
 }
 
+/// Whether every move is carried out: each partition is led by its new gateway.
+async fn moves_done(meta: &dyn MetadataStore, moves: &[Move]) -> Result<bool> {
+    for m in moves {
+        let states = meta.partition_states(TopicId(m.topic)).await?;
+        if states
+            .iter()
+            .any(|s| s.partition == m.partition && s.leader != m.to)
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Waits until every move is carried out; returns the milliseconds it took.
 async fn wait_moved(
     meta: &dyn MetadataStore,
@@ -1411,18 +1424,7 @@ async fn wait_moved(
     timeout: Duration,
 ) -> Result<u64> {
     loop {
-        let mut done = true;
-        for m in moves {
-            let states = meta.partition_states(TopicId(m.topic)).await?;
-            if states
-                .iter()
-                .any(|s| s.partition == m.partition && s.leader != m.to)
-            {
-                done = false;
-                break;
-            }
-        }
-        if done {
+        if moves_done(meta, moves).await? {
             return Ok(started.elapsed().as_millis() as u64);
         }
         if started.elapsed() > timeout {

@@ -582,6 +582,16 @@ impl DynamoStore {
         ))
     }
 
+    /// A partition's tail: `state` with its producer batches, read afresh into the cache.
+    async fn tail_of(&self, tp: TopicPartition, state: PartitionState) -> Result<PartitionTail> {
+        self.lock_producers().remove(&tp);
+        let doc = self.producer_doc(tp).await?;
+        let mut producers: Vec<ProducerBatchState> = doc.values().flatten().copied().collect();
+        producers.sort_by_key(|b| (b.producer_id, b.base_offset));
+        self.lock_producers().insert(tp, doc);
+        Ok(PartitionTail { state, producers })
+    }
+
     async fn read_partition(&self, tp: TopicPartition) -> Result<Option<PartitionState>> {
         self.get(&self.meta, key(part_pk(tp.topic_id), part_sk(tp.partition)))
             .await?
@@ -1485,12 +1495,7 @@ impl MetadataStore for DynamoStore {
             Err(e) => return Err(sdk(e)),
         };
         self.entries.invalidate(&tp);
-        self.lock_producers().remove(&tp);
-        let doc = self.producer_doc(tp).await?;
-        let mut producers: Vec<ProducerBatchState> = doc.values().flatten().copied().collect();
-        producers.sort_by_key(|b| (b.producer_id, b.base_offset));
-        self.lock_producers().insert(tp, doc);
-        Ok(Some(PartitionTail { state, producers }))
+        Ok(Some(self.tail_of(tp, state).await?))
     }
 
     async fn release_leadership(
@@ -1533,12 +1538,7 @@ impl MetadataStore for DynamoStore {
         let Some(state) = self.read_partition(tp).await? else {
             return Ok(None);
         };
-        self.lock_producers().remove(&tp);
-        let doc = self.producer_doc(tp).await?;
-        let mut producers: Vec<ProducerBatchState> = doc.values().flatten().copied().collect();
-        producers.sort_by_key(|b| (b.producer_id, b.base_offset));
-        self.lock_producers().insert(tp, doc);
-        Ok(Some(PartitionTail { state, producers }))
+        Ok(Some(self.tail_of(tp, state).await?))
     }
 
     async fn commit_index(&self, commits: Vec<PartitionCommit>) -> Result<Vec<CommitOutcome>> {

@@ -134,6 +134,23 @@ fn read_partition(
     }
 }
 
+/// The idempotent-producer batches kept for a partition, oldest first per producer.
+fn read_producers(
+    table: &impl ReadableTable<(u128, i32, i64), &'static [u8]>,
+    tp: TopicPartition,
+) -> Result<Vec<ProducerBatchState>> {
+    let (t, p) = pkey(tp);
+    let mut batches = Vec::new();
+    for item in table
+        .range((t, p, i64::MIN)..=(t, p, i64::MAX))
+        .map_err(backend)?
+    {
+        let (_, v) = item.map_err(backend)?;
+        batches.extend(decode::<Vec<ProducerBatchState>>(v.value())?);
+    }
+    Ok(batches)
+}
+
 /// Removes index entries of `tp` from the front while `drop` says so; maintains object
 /// reference counts; returns (removed entries, removed bytes, dead objects).
 fn drop_front(
@@ -448,18 +465,9 @@ impl MetadataStore for EmbeddedStore {
                     .insert(pkey(tp), encode(&state)?.as_slice())
                     .map_err(backend)?;
                 let producers = txn.open_table(PRODUCERS).map_err(backend)?;
-                let (t, p) = pkey(tp);
-                let mut batches = Vec::new();
-                for item in producers
-                    .range((t, p, i64::MIN)..=(t, p, i64::MAX))
-                    .map_err(backend)?
-                {
-                    let (_, v) = item.map_err(backend)?;
-                    batches.extend(decode::<Vec<ProducerBatchState>>(v.value())?);
-                }
                 PartitionTail {
                     state,
-                    producers: batches,
+                    producers: read_producers(&producers, tp)?,
                 }
             };
             txn.commit().map_err(backend)?;
@@ -518,18 +526,9 @@ impl MetadataStore for EmbeddedStore {
                 return Ok(None);
             };
             let producers = txn.open_table(PRODUCERS).map_err(backend)?;
-            let (t, p) = pkey(tp);
-            let mut batches = Vec::new();
-            for item in producers
-                .range((t, p, i64::MIN)..=(t, p, i64::MAX))
-                .map_err(backend)?
-            {
-                let (_, v) = item.map_err(backend)?;
-                batches.extend(decode::<Vec<ProducerBatchState>>(v.value())?);
-            }
             Ok(Some(PartitionTail {
                 state,
-                producers: batches,
+                producers: read_producers(&producers, tp)?,
             }))
         })
         .await
