@@ -518,6 +518,9 @@ impl Cluster {
     /// Brings the registry's topics in line with the metadata store (topics created,
     /// deleted, grown or reconfigured through another gateway).
     async fn refresh_topics(&self, gw: &Arc<Gateway>) -> Result<(), MetadataError> {
+        // Topic mutations of this gateway hold the same lock: a topic created here after the
+        // list was read is not taken for one deleted elsewhere.
+        let _admin = gw.admin.lock().await;
         let records = gw.meta.list_topics().await?;
         let ids: HashSet<TopicId> = records.iter().map(|r| r.id).collect();
         for topic in gw.registry.all() {
@@ -529,10 +532,12 @@ impl Cluster {
         for record in records {
             match gw.registry.topic_by_id(record.id) {
                 Some(topic) => {
+                    let reconfigured = record.configs != topic.record().configs;
                     if record.partitions > topic.partition_count() {
                         let states = gw.meta.partition_states(record.id).await?;
-                        gw.registry.add_partitions(&topic, record, &states);
-                    } else if record.configs != topic.record().configs {
+                        gw.registry.add_partitions(&topic, record.clone(), &states);
+                    }
+                    if reconfigured {
                         gw.registry.update_configs(&topic, record);
                     }
                 }
