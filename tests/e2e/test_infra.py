@@ -132,3 +132,18 @@ def test_infra_passes_only_flags_weir_knows():
                               text=True, timeout=30).stdout
     for var in re.findall(r"^\s+(WEIR_[A-Z_]+):", k8s, re.M):
         assert f"[env: {var}=" in env_help, f"{var} is not a weir gateway setting"
+
+
+def test_terraform_is_formatted():
+    """`terraform fmt -check` (needs no provider download; `terraform validate` does, and this
+    machine reaches no provider registry)."""
+    import shutil
+
+    import pytest
+    tf = shutil.which("terraform")
+    if tf is None:
+        pytest.skip("terraform is not installed on this machine")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CLI_CONFIG_FILE"}
+    out = subprocess.run([tf, "fmt", "-check", "-diff", str(INFRA / "terraform")],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
