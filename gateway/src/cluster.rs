@@ -589,7 +589,9 @@ impl Cluster {
                 .contains(&tp);
             let holds = {
                 let mut s = log.lock();
-                if s.led && s.leader_epoch != st.leader_epoch {
+                // Epochs only grow: a state read before this gateway's own take is older,
+                // not a sign that someone else took the partition.
+                if s.led && st.leader_epoch > s.leader_epoch {
                     tracing::warn!(%tp, epoch = s.leader_epoch, now = st.leader_epoch, leader = st.leader,
                         "another gateway took this partition; stepping down");
                     s.led = false;
