@@ -702,8 +702,10 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
                     r.entry.max_timestamp = r.entry.max_timestamp.max(b.max_timestamp);
                     r.entry.length += b.data.len() as u32;
                     r.entry.batches += b.batches;
+                    // Every batch's sequence range, not only the producer's last: after a
+                    // failover or restart the next leader must recognize a retry of any
+                    // of them (a client may have up to five in flight).
                     if let Some(p) = b.producer {
-                        r.producers.retain(|q| q.producer_id != p.producer_id);
                         r.producers.push(p);
                     }
                     data.extend_from_slice(&b.data);

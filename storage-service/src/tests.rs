@@ -638,3 +638,51 @@ async fn remote_appends_keep_order_and_report_commits() -> anyhow::Result<()> {
     again.shutdown().await;
     Ok(())
 }
+
+/// Batches of one producer merged into one index entry keep every batch's sequence range in
+/// the commit: after a failover the next leader must recognize a retry of any of them.
+#[tokio::test]
+async fn a_merged_run_commits_every_producer_batch() -> anyhow::Result<()> {
+    let sink = Arc::new(RecordingSink::default());
+    let storage = ObjectStorage::start(open_object_store("memory://")?, config(), sink.clone());
+    let mut tickets = Vec::new();
+    for i in 0..3i64 {
+        let mut b = batch(0, i * 10, 10, 1);
+        b.producer = Some(ProducerBatchState {
+            producer_id: 42,
+            producer_epoch: 0,
+            first_sequence: (i * 10) as i32,
+            last_sequence: (i * 10 + 9) as i32,
+            base_offset: i * 10,
+            last_offset: i * 10 + 9,
+        });
+        let r = storage.reserve(100).await?;
+        tickets.push(storage.submit(b, r)?);
+    }
+    for t in tickets {
+        t.await??;
+    }
+    let commits = sink
+        .commits
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .clone();
+    let batches: Vec<(i32, i32)> = commits
+        .iter()
+        .flatten()
+        .flat_map(|c| {
+            c.producers
+                .iter()
+                .map(|p| (p.first_sequence, p.last_sequence))
+        })
+        .collect();
+    assert!(
+        commits
+            .iter()
+            .flatten()
+            .any(|c| c.entry.base_offset == 0 && c.entry.last_offset == 29),
+        "the three appends were not merged into one run: {commits:?}"
+    );
+    assert_eq!(batches, vec![(0, 9), (10, 19), (20, 29)]);
+    Ok(())
+}

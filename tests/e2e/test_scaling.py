@@ -264,11 +264,6 @@ def gateway_pid(server, node_id: int) -> int:
     raise AssertionError(f"no process for gateway {node_id} ({marker})")
 
 
-@pytest.mark.xfail(os.environ.get("WEIR_E2E_METADATA") == "dynamodb", strict=False,
-                   reason="open bug (issue 8): on DynamoDB (moto), partitions moving back and "
-                          "forth every second after the kill made the reader see a duplicate "
-                          "(1 run in 3; the stored log had none) or the producer get a fatal "
-                          "OUT_OF_ORDER_SEQUENCE_NUMBER")
 def test_kill9_gateway_under_load(weir_factory):
     server = weir_factory(
         "--gateways", "auto", "--min-gateways", "3", "--max-gateways", "3",
