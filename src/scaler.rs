@@ -1343,7 +1343,6 @@ async fn partitions(command: PartitionsCommand) -> Result<()> {
                 .get(&record.id)
                 .and_then(|(_, l)| l.get(partition as usize).copied())
                 .unwrap_or(NO_LEADER);
-            let started = Instant::now();
             let moves = [Move {
                 topic: record.id.0,
                 partition,
@@ -1351,14 +1350,7 @@ async fn partitions(command: PartitionsCommand) -> Result<()> {
                 to,
                 bytes_per_sec: 0.0,
             }];
-            apply_moves(meta.as_ref(), &moves, &leaders).await?;
-            let ms = wait_moved(
-                meta.as_ref(),
-                &moves,
-                started,
-                Duration::from_millis(timeout_ms),
-            )
-            .await?;
+            let ms = move_and_wait(meta.as_ref(), &moves, &leaders, timeout_ms).await?;
             println!(
                 "{}",
                 serde_json::json!({"topic": topic, "partition": partition, "from": from, "to": to, "moved_ms": ms})
@@ -1384,15 +1376,7 @@ async fn partitions(command: PartitionsCommand) -> Result<()> {
                 .collect();
             let (views, leaders) = partition_views(meta.as_ref(), &live).await?;
             let moves = plan_moves(&views, &ids, max_moves, 0.0);
-            let started = Instant::now();
-            apply_moves(meta.as_ref(), &moves, &leaders).await?;
-            let ms = wait_moved(
-                meta.as_ref(),
-                &moves,
-                started,
-                Duration::from_millis(timeout_ms),
-            )
-            .await?;
+            let ms = move_and_wait(meta.as_ref(), &moves, &leaders, timeout_ms).await?;
             println!(
                 "{}",
                 serde_json::json!({"moves": moves.len(), "gateways": ids, "moved_ms": ms})
@@ -1416,13 +1400,17 @@ async fn moves_done(meta: &dyn MetadataStore, moves: &[Move]) -> Result<bool> {
     Ok(true)
 }
 
-/// Waits until every move is carried out; returns the milliseconds it took.
-async fn wait_moved(
+/// Writes the placements of `moves` and waits until every move is carried out; returns the
+/// milliseconds it took.
+async fn move_and_wait(
     meta: &dyn MetadataStore,
     moves: &[Move],
-    started: Instant,
-    timeout: Duration,
+    leaders: &HashMap<TopicId, (String, Vec<i32>)>,
+    timeout_ms: u64,
 ) -> Result<u64> {
+    let started = Instant::now();
+    let timeout = Duration::from_millis(timeout_ms);
+    apply_moves(meta, moves, leaders).await?;
     loop {
         if moves_done(meta, moves).await? {
             return Ok(started.elapsed().as_millis() as u64);
