@@ -2,7 +2,7 @@
 
 mod admin;
 mod metadata_cmd;
-mod scaler;
+mod scaler_cmd;
 mod storage_cmd;
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use weir_gateway::listener::{Listener, ListenerSpec, SecurityProtocol};
-use weir_gateway::{Committer, Gateway, GatewayConfig, Registry};
+use weir_gateway::{Gateway, GatewayConfig, HighWatermarks, Registry};
 use weir_metadata::MetadataStore;
 use weir_storage::{ObjectStorage, Storage, StorageConfig};
 
@@ -58,9 +58,9 @@ enum Command {
     /// Run the scaler: starts and stops gateways with the load (local processes or an ECS
     /// service) and moves partition leadership by measured load; `weir scaler status` shows
     /// its decisions.
-    Scaler(Box<scaler::ScalerArgs>),
+    Scaler(Box<scaler_cmd::ScalerArgs>),
     /// List partition leaders, move a partition to a gateway, or rebalance now.
-    Partitions(scaler::PartitionsArgs),
+    Partitions(scaler_cmd::PartitionsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -175,6 +175,15 @@ struct ServeArgs {
     /// Largest request accepted, in bytes [default: 104857600].
     #[arg(long, env = "WEIR_MAX_REQUEST_BYTES")]
     max_request_bytes: Option<usize>,
+    /// Request bytes held across all connections (frames being read and requests not yet
+    /// answered); a frame waits for room instead of growing memory. At least
+    /// max-request-bytes [default: 268435456].
+    #[arg(long, env = "WEIR_REQUEST_MEMORY_BYTES")]
+    request_memory_bytes: Option<usize>,
+    /// Committed offsets of a group without members expire after this many minutes
+    /// (Kafka's offsets.retention.minutes) [default: 10080].
+    #[arg(long, env = "WEIR_OFFSETS_RETENTION_MINUTES")]
+    offsets_retention_minutes: Option<u64>,
     /// How often retention (retention.ms, retention.bytes) is applied, in ms [default: 30000].
     #[arg(long, env = "WEIR_RETENTION_CHECK_INTERVAL_MS")]
     retention_check_interval_ms: Option<u64>,
@@ -267,7 +276,7 @@ struct ServeArgs {
     #[arg(long, env = "WEIR_GATEWAYS")]
     gateways: Option<String>,
     #[command(flatten)]
-    scaling: scaler::Policy,
+    scaling: scaler_cmd::PolicyArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -296,6 +305,8 @@ struct FileSettings {
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
     max_request_bytes: Option<usize>,
+    request_memory_bytes: Option<usize>,
+    offsets_retention_minutes: Option<u64>,
     retention_check_interval_ms: Option<u64>,
     compaction_interval_ms: Option<u64>,
     segment_bytes: Option<usize>,
@@ -336,6 +347,8 @@ struct ServeSettings {
     auto_create_topics: bool,
     default_partitions: i32,
     max_request_bytes: usize,
+    request_memory_bytes: usize,
+    offsets_retention: Duration,
     retention_check_interval: Duration,
     compaction: weir_gateway::compaction::CompactionConfig,
     fetch_max_bytes: usize,
@@ -356,10 +369,10 @@ struct ServeSettings {
     max_connections: usize,
     max_connections_per_second: u32,
     node_id: Option<i32>,
-    cluster: weir_gateway::cluster::ClusterConfig,
+    cluster: weir_gateway::leadership::ClusterConfig,
     /// Whether the scaler runs local gateways beside this one.
     gateways_auto: bool,
-    scaling: scaler::Policy,
+    scaling: weir_scaler::Policy,
 }
 
 impl ServeArgs {
@@ -411,6 +424,23 @@ impl ServeArgs {
             .max_request_bytes
             .or(file.max_request_bytes)
             .unwrap_or(100 << 20);
+        let request_memory_bytes = self
+            .request_memory_bytes
+            .or(file.request_memory_bytes)
+            .unwrap_or(256 << 20);
+        if request_memory_bytes < max_request_bytes {
+            bail!(
+                "request-memory-bytes ({request_memory_bytes}) must be at least max-request-bytes \
+                 ({max_request_bytes}): a request of the largest allowed size must fit"
+            );
+        }
+        let offsets_retention_minutes = self
+            .offsets_retention_minutes
+            .or(file.offsets_retention_minutes)
+            .unwrap_or(7 * 24 * 60);
+        if offsets_retention_minutes == 0 {
+            bail!("offsets-retention-minutes must be at least 1");
+        }
         if storage.max_buffered_bytes < max_request_bytes.min(16 << 20) {
             bail!(
                 "max-buffered-bytes must be at least 16 MiB (or the max request size if smaller)"
@@ -508,6 +538,8 @@ impl ServeArgs {
                 .unwrap_or(false),
             default_partitions,
             max_request_bytes,
+            request_memory_bytes,
+            offsets_retention: Duration::from_secs(offsets_retention_minutes.saturating_mul(60)),
             retention_check_interval: Duration::from_millis(
                 self.retention_check_interval_ms
                     .or(file.retention_check_interval_ms)
@@ -556,15 +588,15 @@ impl ServeArgs {
                 Some("auto") => true,
                 Some(other) => bail!("--gateways {other}: use 1 or auto"),
             },
-            scaling: self.scaling.clone(),
+            scaling: self.scaling.clone().into(),
             cluster: {
-                let d = weir_gateway::cluster::ClusterConfig::default();
+                let d = weir_gateway::leadership::ClusterConfig::default();
                 let ms = |flag: Option<u64>, file: Option<u64>, default: Duration| {
                     flag.or(file)
                         .map(|v| Duration::from_millis(v.max(10)))
                         .unwrap_or(default)
                 };
-                weir_gateway::cluster::ClusterConfig {
+                weir_gateway::leadership::ClusterConfig {
                     heartbeat_interval: ms(
                         self.heartbeat_interval_ms,
                         file.heartbeat_interval_ms,
@@ -668,10 +700,9 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
     };
     let meta = open_metadata(&settings.metadata).await?;
     let registry = Arc::new(Registry::default());
-    let committer = Arc::new(Committer {
-        meta: meta.clone(),
-        registry: registry.clone(),
-    });
+    // The storage service owns "object durable -> index commit -> high watermark": it commits
+    // (here, or in a storage node) and tells the gateway's high watermarks before it acks.
+    let high_watermarks = Arc::new(HighWatermarks::new(registry.clone()));
     let storage: Arc<dyn Storage> = match &settings.storage_nodes {
         Some(url) => {
             if settings.metadata.starts_with("embedded://") {
@@ -683,7 +714,7 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
             let options = weir_storage::remote::RemoteOptions::parse(url).await?;
             Arc::new(weir_storage::remote::RemoteStorage::connect(
                 &options,
-                committer,
+                high_watermarks,
                 settings.storage.max_buffered_bytes,
                 settings.storage.cache_bytes,
             )?)
@@ -692,10 +723,11 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
             let target = weir_storage::open(&settings.object_store)
                 .await
                 .with_context(|| format!("opening object store {}", settings.object_store))?;
-            Arc::new(ObjectStorage::start(
+            Arc::new(ObjectStorage::start_observed(
                 target,
                 settings.storage.clone(),
-                committer,
+                Arc::new(weir_storage::MetadataSink::new(meta.clone())),
+                high_watermarks,
             ))
         }
     };
@@ -750,7 +782,7 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
     let (host, port) = (bound[0].2.clone(), bound[0].3);
     let config = GatewayConfig {
         node_id,
-        cluster: weir_gateway::cluster::ClusterConfig {
+        cluster: weir_gateway::leadership::ClusterConfig {
             // An embedded store is this process's alone unless it serves local gateways.
             exclusive: embedded && !settings.gateways_auto,
             ..settings.cluster.clone()
@@ -760,11 +792,13 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
         auto_create_topics: settings.auto_create_topics,
         default_partitions: settings.default_partitions,
         max_request_bytes: settings.max_request_bytes,
+        request_memory_bytes: settings.request_memory_bytes,
         retention_check_interval: settings.retention_check_interval,
         compaction: settings.compaction.clone(),
         fetch_max_bytes: settings.fetch_max_bytes,
         groups: weir_gateway::groups::GroupConfig {
             initial_rebalance_delay: settings.group_initial_rebalance_delay,
+            offsets_retention: settings.offsets_retention,
             ..Default::default()
         },
         max_connections: settings.max_connections,
@@ -963,6 +997,10 @@ async fn start_local_gateways(
         s.default_partitions.to_string(),
         "--max-request-bytes".into(),
         s.max_request_bytes.to_string(),
+        "--request-memory-bytes".into(),
+        s.request_memory_bytes.to_string(),
+        "--offsets-retention-minutes".into(),
+        (s.offsets_retention.as_secs() / 60).to_string(),
         "--retention-check-interval-ms".into(),
         ms(s.retention_check_interval),
         "--compaction-interval-ms".into(),
@@ -1025,15 +1063,15 @@ async fn start_local_gateways(
         "WEIR_AUTH_MASTER_KEY".to_string(),
         master.trim().to_string(),
     )];
-    let first_id = scaler::next_node_id(meta.as_ref()).await?;
-    let launcher = Arc::new(scaler::LocalLauncher::new(
+    let first_id = weir_scaler::next_node_id(meta.as_ref()).await?;
+    let launcher = Arc::new(weir_scaler::LocalLauncher::new(
         std::env::current_exe()?,
         args,
         env,
         absolute(&s.data_dir.join("gateways")),
         first_id,
     ));
-    let scaler = scaler::Scaler::new(
+    let scaler = weir_scaler::Scaler::new(
         meta.clone(),
         launcher,
         s.scaling.clone(),
@@ -1133,8 +1171,8 @@ fn main() -> Result<()> {
         Command::Auth(args) => admin::run_auth(args),
         Command::Metadata(args) => metadata_cmd::run(args),
         Command::Storage(args) => storage_cmd::run(*args),
-        Command::Scaler(args) => scaler::run(*args),
-        Command::Partitions(args) => scaler::run_partitions(args),
+        Command::Scaler(args) => scaler_cmd::run(*args),
+        Command::Partitions(args) => scaler_cmd::run_partitions(args),
         Command::Tls(TlsCommand::Generate { out, hosts }) => {
             let hosts = if hosts.is_empty() {
                 vec!["localhost".to_string(), "127.0.0.1".to_string()]

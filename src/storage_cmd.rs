@@ -5,16 +5,13 @@
 
 use crate::metadata_cmd::{ca_param, check_listen, service_tls};
 use anyhow::{Context, Result};
-use async_trait::async_trait;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use weir_common::{CommitRefused, PartitionCommit};
-use weir_metadata::MetadataStore;
-use weir_storage::{IndexSink, ObjectStorage, Storage, StorageConfig};
+use weir_storage::{MetadataSink, ObjectStorage, Storage, StorageConfig};
 
 #[derive(Args, Debug)]
 pub struct StorageArgs {
@@ -72,25 +69,6 @@ pub struct StorageArgs {
     allow_remote: bool,
 }
 
-/// A node's [`IndexSink`]: the metadata store's conditional index commit.
-#[derive(Debug)]
-struct MetadataSink {
-    meta: Arc<dyn MetadataStore>,
-}
-
-#[async_trait]
-impl IndexSink for MetadataSink {
-    async fn commit(
-        &self,
-        commits: Vec<PartitionCommit>,
-    ) -> Result<Vec<Result<(), CommitRefused>>, String> {
-        self.meta
-            .commit_index(commits)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
-
 pub fn run(args: StorageArgs) -> Result<()> {
     crate::init_logging(args.log_format);
     tokio::runtime::Builder::new_multi_thread()
@@ -142,7 +120,7 @@ async fn serve(args: StorageArgs) -> Result<()> {
         },
         ..defaults
     };
-    let storage = ObjectStorage::start(target, config, Arc::new(MetadataSink { meta }));
+    let storage = ObjectStorage::start(target, config, Arc::new(MetadataSink::new(meta)));
     let (cert, key, ca) = service_tls(
         &args.data_dir.join("storage-tls"),
         args.listen,

@@ -7,6 +7,9 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod clock;
+
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use tokio_util::sync::CancellationToken;
 
 /// A Kafka log offset.

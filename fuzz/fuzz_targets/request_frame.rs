@@ -14,8 +14,12 @@ use kafka_protocol::messages::{ApiKey, RequestKind};
 use kafka_protocol::protocol::decode_request_header_from_buffer;
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../gateway/src/guard.rs"]
+// The guard and the supported-API table it derives its versions from, included by path (the
+// gateway crate itself would bring its whole dependency tree into the fuzz build).
+#[path = "../../gateway/src/guard/mod.rs"]
 mod guard;
+#[path = "../../gateway/src/handlers/supported.rs"]
+mod handlers;
 
 fuzz_target!(|frame: &[u8]| {
     if frame.len() < 8 {

@@ -1,23 +1,20 @@
 //! The gateway's shared state: topics and the partitions it leads, with each partition's
 //! log tail (next offset, high watermark, log start, idempotent-producer state), plus the
-//! [`Committer`] through which flushed objects reach the offset index.
+//! [`HighWatermarks`] observer that the storage service tells about each index commit.
 //!
-//! The high watermark moves only in [`Committer::commit`], after the metadata store accepted
-//! the index entries: a consumer never sees a record that is not durable.
+//! The high watermark moves only in [`HighWatermarks`], which the storage service calls after
+//! the metadata store accepted the index entries: a consumer never sees a record that is not
+//! durable.
 
 use crate::config::TopicSettings;
-use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 use weir_common::{
-    CommitRefused, IndexEntry, LeaderEpoch, Offset, PartitionCommit, ProducerBatchState, TopicId,
-    TopicPartition,
+    IndexEntry, LeaderEpoch, Offset, PartitionCommit, ProducerBatchState, TopicId, TopicPartition,
 };
-use weir_metadata::{
-    MetadataStore, PartitionState, PartitionTail, TopicRecord, PRODUCER_BATCHES_KEPT,
-};
-use weir_storage::{CommitObserver, IndexSink};
+use weir_metadata::{PartitionState, PartitionTail, TopicRecord, PRODUCER_BATCHES_KEPT};
+use weir_storage::CommitObserver;
 
 /// How many recent index entries each partition keeps in memory for tail reads.
 const RECENT_ENTRIES: usize = 512;
@@ -386,16 +383,21 @@ impl Registry {
     }
 }
 
-/// The storage service's [`IndexSink`]: commits to the metadata store, then advances the
-/// high watermarks and wakes waiting fetches. With remote storage nodes, the nodes commit
-/// and the gateway sees each commit as a [`CommitObserver`].
+/// The gateway's [`CommitObserver`]: advances the high watermarks and committed producer
+/// states past each index commit that landed, and wakes waiting fetches. The storage
+/// service calls it (in-process, or through [`weir_storage::remote::RemoteStorage`] when a
+/// storage node committed) before it completes the appends the commit covers; the gateway
+/// never commits to the index itself.
 #[derive(Debug)]
-pub struct Committer {
-    pub meta: Arc<dyn MetadataStore>,
+pub struct HighWatermarks {
     pub registry: Arc<Registry>,
 }
 
-impl Committer {
+impl HighWatermarks {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        HighWatermarks { registry }
+    }
+
     /// Advances the partition's tail past a commit that landed.
     fn apply(&self, commit: &PartitionCommit) {
         let Some(log) = self.registry.partition(commit.entry.tp) else {
@@ -417,30 +419,16 @@ impl Committer {
     }
 }
 
-#[async_trait]
-impl IndexSink for Committer {
-    async fn commit(
-        &self,
-        commits: Vec<PartitionCommit>,
-    ) -> Result<Vec<Result<(), CommitRefused>>, String> {
-        let outcomes = self
-            .meta
-            .commit_index(commits.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        for (commit, outcome) in commits.iter().zip(&outcomes) {
-            if outcome.is_ok() {
-                self.apply(commit);
-            }
-        }
-        self.registry.notify();
-        Ok(outcomes)
-    }
-}
-
-impl CommitObserver for Committer {
+impl CommitObserver for HighWatermarks {
     fn committed(&self, commit: &PartitionCommit) {
         self.apply(commit);
+        self.registry.notify();
+    }
+
+    fn committed_all(&self, commits: &mut dyn Iterator<Item = &PartitionCommit>) {
+        for commit in commits {
+            self.apply(commit);
+        }
         self.registry.notify();
     }
 }

@@ -11,6 +11,7 @@
 //! requests are pipelined (offsets are assigned as each request is read, and the responses
 //! wait for durability in order); every other request runs alone, after what precedes it.
 
+use crate::budget::{BudgetPermit, RequestBudget};
 use crate::handlers;
 use crate::listener::{ConnectionPermit, Listener};
 use crate::session::Session;
@@ -123,12 +124,13 @@ pub async fn serve<S>(
     });
     tracing::debug!(conn = id, %peer, "connection opened");
     let max = gateway.config.max_request_bytes;
+    let budget = gateway.request_budget.clone();
     loop {
         let frame = tokio::select! {
-            f = read_frame(&mut reader, max) => f,
+            f = read_frame(&mut reader, max, &budget) => f,
             _ = shutdown.cancelled() => break,
         };
-        let frame = match frame {
+        let (frame, permit) = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(FrameError::Io(e)) => {
@@ -140,7 +142,12 @@ pub async fn serve<S>(
                 break;
             }
         };
-        match dispatch(&gateway, frame, peer, &mut session).await {
+        // The frame's budget is held until its response is ready (a produce request's
+        // records live until they are durable).
+        let dispatched = dispatch(&gateway, frame, peer, &mut session)
+            .await
+            .map(|d| d.holding(permit));
+        match dispatched {
             Ok(Dispatched::Close(response, delay)) => {
                 // Answer, let the answer reach the client, and only then close (after the
                 // delay, as Kafka's connection.failed.authentication.delay.ms): a client that
@@ -206,11 +213,14 @@ const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// How much more buffer a frame read reserves at a time.
 const READ_CHUNK: usize = 1 << 20;
+/// How long a frame may wait for request budget before the connection is closed.
+const BUDGET_TIMEOUT: std::time::Duration = FRAME_TIMEOUT;
 
 async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
-) -> Result<Option<Bytes>, FrameError> {
+    budget: &Arc<RequestBudget>,
+) -> Result<Option<(Bytes, BudgetPermit)>, FrameError> {
     let len = match tokio::time::timeout(IDLE_TIMEOUT, reader.read_i32()).await {
         Err(_) => {
             return Err(FrameError::Io(std::io::Error::other(
@@ -228,6 +238,22 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::Close(CloseReason::TooLarge { len, max }));
     }
+    // Reserve the whole frame before reading any of it: while the gateway's request budget
+    // is spent, this connection reads nothing more (TCP pushes back on the client).
+    let permit = match tokio::time::timeout(BUDGET_TIMEOUT, budget.acquire(len)).await {
+        Ok(Some(permit)) => permit,
+        Ok(None) => {
+            return Err(FrameError::Close(CloseReason::TooLarge {
+                len,
+                max: budget.capacity(),
+            }))
+        }
+        Err(_) => {
+            return Err(FrameError::Io(std::io::Error::other(
+                "no request memory became free in time",
+            )))
+        }
+    };
     // Grow with the bytes that actually arrive: a client that announces a large frame and
     // then trickles (or stops) holds only what it sent.
     let mut buf = BytesMut::with_capacity(len.min(READ_CHUNK));
@@ -242,7 +268,7 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
         Ok(())
     };
     match tokio::time::timeout(FRAME_TIMEOUT, body).await {
-        Ok(Ok(())) => Ok(Some(buf.freeze())),
+        Ok(Ok(())) => Ok(Some((buf.freeze(), permit))),
         Ok(Err(e)) => Err(FrameError::Io(e)),
         Err(_) => Err(FrameError::Io(std::io::Error::other(
             "request frame not received in time",
@@ -259,6 +285,24 @@ enum Dispatched {
         BoxFuture<'static, Option<Bytes>>,
         Option<std::time::Duration>,
     ),
+}
+
+impl Dispatched {
+    /// Keeps `permit` until the response is ready.
+    fn holding(self, permit: BudgetPermit) -> Self {
+        let hold =
+            |response: BoxFuture<'static, Option<Bytes>>| -> BoxFuture<'static, Option<Bytes>> {
+                Box::pin(async move {
+                    let frame = response.await;
+                    drop(permit);
+                    frame
+                })
+            };
+        match self {
+            Dispatched::Go(response, barrier) => Dispatched::Go(hold(response), barrier),
+            Dispatched::Close(response, delay) => Dispatched::Close(hold(response), delay),
+        }
+    }
 }
 
 /// Decodes one frame, applies the connection's authentication and authorization, and

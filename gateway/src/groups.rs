@@ -30,6 +30,15 @@ pub struct GroupConfig {
     pub max_session_timeout: Duration,
     /// Largest metadata string accepted with a committed offset.
     pub max_metadata_bytes: usize,
+    /// An Empty group that never had offsets committed is forgotten after this long (Kafka
+    /// removes such groups at its next offsets-retention check). Groups with committed offsets
+    /// stay until their offsets expire (`offsets.retention.minutes`).
+    pub empty_group_expiry: Duration,
+    /// Committed offsets of a group without members expire after this long (Kafka's
+    /// `offsets.retention.minutes`, 7 days).
+    pub offsets_retention: Duration,
+    /// How often offsets are checked for expiry (`offsets.retention.check.interval.ms`).
+    pub offsets_retention_check_interval: Duration,
 }
 
 impl Default for GroupConfig {
@@ -39,6 +48,9 @@ impl Default for GroupConfig {
             min_session_timeout: Duration::from_millis(1000),
             max_session_timeout: Duration::from_millis(1_800_000),
             max_metadata_bytes: 4096,
+            empty_group_expiry: Duration::from_secs(60),
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
+            offsets_retention_check_interval: Duration::from_secs(600),
         }
     }
 }
@@ -175,6 +187,10 @@ pub struct Group {
     /// A new group's first rebalance completes no earlier than this.
     join_not_before: Option<Instant>,
     next_order: u64,
+    /// Since when the group has had no members and no pending joins.
+    empty_since: Option<Instant>,
+    /// Whether a member of this group was allowed to commit offsets here.
+    committed: bool,
 }
 
 impl Group {
@@ -192,7 +208,14 @@ impl Group {
             rebalance_deadline: None,
             join_not_before: None,
             next_order: 0,
+            empty_since: None,
+            committed: false,
         }
+    }
+
+    /// Whether the group holds nothing: no members, no pending joins, no rebalance.
+    fn is_idle(&self) -> bool {
+        self.state == GroupState::Empty && self.members.is_empty() && self.pending.is_empty()
     }
 
     /// Checks a (member id, instance id) pair: Err when the member is unknown or fenced.
@@ -502,15 +525,70 @@ impl Coordinator {
             .collect()
     }
 
-    /// Runs timeouts: rebalance deadlines, initial delays, session expiry.
+    /// Runs timeouts: rebalance deadlines, initial delays, session expiry; and forgets
+    /// groups idle past `empty_group_expiry` that never had offsets committed.
     pub fn tick(&self) {
         let now = Instant::now();
         let groups: Vec<Arc<Mutex<Group>>> = self.map().values().cloned().collect();
-        for g in groups {
-            let mut g = lock(&g);
+        let mut forget = Vec::new();
+        for group in groups {
+            let mut g = lock(&group);
             g.expire(&self.config, now);
             g.maybe_complete_join(now);
+            if g.is_idle() {
+                let since = *g.empty_since.get_or_insert(now);
+                if !g.committed && now.duration_since(since) >= self.config.empty_group_expiry {
+                    forget.push(group.clone());
+                }
+            } else {
+                g.empty_since = None;
+            }
         }
+        if !forget.is_empty() {
+            let mut map = self.map();
+            for group in forget {
+                let mut g = lock(&group);
+                // Re-checked under the map lock: a join may have arrived meanwhile.
+                if g.is_idle() && map.get(&g.id).is_some_and(|m| Arc::ptr_eq(m, &group)) {
+                    g.state = GroupState::Dead;
+                    map.remove(&g.id);
+                }
+            }
+        }
+    }
+
+    /// Forgets idle groups whose offsets expired (the caller deleted them); a group
+    /// with members is kept.
+    pub fn forget_idle(&self, group_id: &str) {
+        let mut map = self.map();
+        let Some(group) = map.get(group_id).cloned() else {
+            return;
+        };
+        let mut g = lock(&group);
+        if g.is_idle() {
+            g.state = GroupState::Dead;
+            map.remove(group_id);
+        }
+    }
+
+    /// How long the group has been idle (None: not in memory, or not idle).
+    pub fn idle_for(&self, group_id: &str) -> Option<Option<Duration>> {
+        let group = self.get(group_id)?;
+        let g = lock(&group);
+        Some(if g.is_idle() {
+            Some(g.empty_since.map_or(Duration::ZERO, |t| t.elapsed()))
+        } else {
+            None
+        })
+    }
+
+    /// Groups in memory.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
     }
 
     pub fn join(&self, req: JoinRequest) -> Reply<JoinResult> {
@@ -535,7 +613,12 @@ impl Coordinator {
                 &req.member_id,
             ));
         }
-        let group = self.get_or_create(&req.group_id);
+        let mut group = self.get_or_create(&req.group_id);
+        if lock(&group).state == GroupState::Dead {
+            // Forgotten as idle between the lookup and now: it is out of the map, so this
+            // makes a fresh one.
+            group = self.get_or_create(&req.group_id);
+        }
         let mut g = lock(&group);
         let now = Instant::now();
         if g.state == GroupState::Dead {
@@ -865,6 +948,7 @@ impl Coordinator {
         if g.state == GroupState::CompletingRebalance {
             return Err(ResponseError::RebalanceInProgress);
         }
+        g.committed = true;
         Ok(())
     }
 

@@ -288,3 +288,56 @@ fn inconsistent_protocols_and_bad_timeouts_are_refused() {
     );
     assert_eq!(c.delete("g"), Err(ResponseError::NonEmptyGroup));
 }
+
+#[tokio::test]
+async fn idle_groups_without_offsets_are_forgotten_and_groups_with_offsets_kept(
+) -> Result<(), String> {
+    let c = Coordinator::new(GroupConfig {
+        empty_group_expiry: Duration::ZERO,
+        ..config()
+    });
+    // A member joins and leaves: the group is Empty and, with no offsets, forgotten.
+    let (a, ja) = first_join(&c);
+    ja.await.map_err(|e| e.to_string())?;
+    assert_eq!(c.leave("g", &[(a.clone(), None)]), Ok(vec![None]));
+    assert_eq!(c.len(), 1);
+    c.tick();
+    assert!(c.get("g").is_none(), "idle group without offsets forgotten");
+    assert!(c.is_empty());
+
+    // Same again, but the member commits offsets: the group stays until they expire.
+    let (b, jb) = first_join(&c);
+    let rb = jb.await.map_err(|e| e.to_string())?;
+    let sb = c.sync(
+        "g",
+        rb.generation,
+        &b,
+        None,
+        (None, None),
+        vec![(b.clone(), Bytes::from_static(b"all"))],
+    );
+    later(sb).await.map_err(|e| e.to_string())?;
+    assert_eq!(c.check_commit("g", rb.generation, &b, None), Ok(()));
+    assert_eq!(c.leave("g", &[(b, None)]), Ok(vec![None]));
+    c.tick();
+    assert!(c.get("g").is_some(), "a group with offsets is kept");
+    assert_eq!(c.idle_for("g").map(|d| d.is_some()), Some(true));
+    c.forget_idle("g");
+    assert!(c.get("g").is_none());
+    Ok(())
+}
+
+#[test]
+fn a_group_with_members_is_never_forgotten() {
+    let c = Coordinator::new(GroupConfig {
+        empty_group_expiry: Duration::ZERO,
+        ..config()
+    });
+    // A pending member id (MEMBER_ID_REQUIRED) keeps the group.
+    let r = now(c.join(join_req("", None, 10_000)));
+    assert_eq!(r.error, Some(ResponseError::MemberIdRequired));
+    c.tick();
+    assert!(c.get("g").is_some());
+    c.forget_idle("g");
+    assert!(c.get("g").is_some());
+}

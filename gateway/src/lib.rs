@@ -18,7 +18,7 @@
 pub mod authz;
 pub mod batch;
 pub mod broker;
-pub mod cluster;
+pub mod budget;
 pub mod compaction;
 pub mod config;
 pub mod conn;
@@ -28,6 +28,7 @@ pub mod guard;
 pub mod handlers;
 pub mod key_compaction;
 pub mod lag;
+pub mod leadership;
 pub mod listener;
 pub mod session;
 
@@ -40,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use weir_metadata::{MetadataStore, RetentionLimits};
 use weir_storage::Storage;
 
-pub use broker::{Committer, Registry};
+pub use broker::{HighWatermarks, Registry};
 
 /// Errors of the gateway's own set-up (request errors become Kafka error codes instead).
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,9 @@ pub struct GatewayConfig {
     pub default_partitions: i32,
     /// Largest request frame accepted; larger ones close the connection before any allocation.
     pub max_request_bytes: usize,
+    /// Request bytes held across all connections at once (frames being read and requests
+    /// not yet answered); a frame waits for budget instead of growing memory past it.
+    pub request_memory_bytes: usize,
     /// How often retention is applied.
     pub retention_check_interval: Duration,
     /// Fetch sessions kept (least recently used evicted beyond).
@@ -82,7 +86,7 @@ pub struct GatewayConfig {
     /// Background compaction of small flush objects into per-partition segments.
     pub compaction: compaction::CompactionConfig,
     /// Membership and partition hand-over among gateways.
-    pub cluster: cluster::ClusterConfig,
+    pub cluster: leadership::ClusterConfig,
 }
 
 impl Default for GatewayConfig {
@@ -94,6 +98,7 @@ impl Default for GatewayConfig {
             auto_create_topics: false,
             default_partitions: 1,
             max_request_bytes: 100 << 20,
+            request_memory_bytes: 256 << 20,
             retention_check_interval: Duration::from_secs(30),
             max_fetch_sessions: 1000,
             groups: groups::GroupConfig::default(),
@@ -101,7 +106,7 @@ impl Default for GatewayConfig {
             max_connections: 10_000,
             max_connections_per_second: 1_000,
             compaction: compaction::CompactionConfig::default(),
-            cluster: cluster::ClusterConfig::default(),
+            cluster: leadership::ClusterConfig::default(),
         }
     }
 }
@@ -119,14 +124,17 @@ pub struct Gateway {
     pub groups: groups::Coordinator,
     /// The KIP-848 consumer groups this gateway coordinates.
     pub consumer_groups: consumer_groups::ConsumerGroups,
-    /// Serializes topic mutations (create, delete, partitions, configs).
-    pub admin: tokio::sync::Mutex<()>,
+    /// Serializes topic mutations (create, delete, partitions, configs), and tells the
+    /// cluster sync whether one happened while it read the metadata store.
+    pub admin: leadership::AdminLock,
     /// Authentication and authorization (None: no SASL listener, nobody authenticates).
     pub auth: Option<Arc<weir_auth::Auth>>,
     /// Connection caps shared by every listener.
     pub limits: Arc<listener::ConnectionLimits>,
+    /// Request bytes buffered across all connections.
+    pub request_budget: Arc<budget::RequestBudget>,
     /// The other gateways, and which partitions and groups this one leads.
-    pub cluster: cluster::Cluster,
+    pub cluster: leadership::Cluster,
 }
 
 impl Gateway {
@@ -141,11 +149,14 @@ impl Gateway {
         auth: Option<Arc<weir_auth::Auth>>,
     ) -> Result<Arc<Self>, GatewayError> {
         let cluster_id = meta.cluster_id().await?;
+        // The budget always admits the largest frame allowed.
+        let (config_request_memory, config_max_request) =
+            (config.request_memory_bytes, config.max_request_bytes);
         let limits = Arc::new(listener::ConnectionLimits::new(
             config.max_connections,
             config.max_connections_per_second,
         ));
-        let cluster = cluster::Cluster::new(
+        let cluster = leadership::Cluster::new(
             config.node_id,
             config.advertised_host.clone(),
             config.advertised_port,
@@ -164,9 +175,12 @@ impl Gateway {
             storage,
             registry,
             cluster_id,
-            admin: tokio::sync::Mutex::new(()),
+            admin: leadership::AdminLock::default(),
             auth,
             limits,
+            request_budget: budget::RequestBudget::new(
+                config_request_memory.max(config_max_request),
+            ),
         }))
     }
 
@@ -278,6 +292,23 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
+    let offsets_expiry = {
+        let gateway = gateway.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let groups = &gateway.config.groups;
+            let mut tick = tokio::time::interval(groups.offsets_retention_check_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        handlers::groups::expire_offsets(&gateway, groups.offsets_retention).await;
+                    }
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
     let retention = {
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
@@ -463,6 +494,7 @@ pub async fn run(
     }
     let _ = retention.await;
     let _ = compactor.await;
+    let _ = offsets_expiry.await;
     let _ = ticker.await;
 }
 

@@ -17,12 +17,15 @@
 //! - the offset index: which object and byte range hold which offsets of a partition,
 //! - object reference counts, so an object is deleted once no index entry points at it,
 //! - idempotent-producer state per partition and the producer id counter,
-//! - the cluster id.
+//! - the cluster id,
+//! - small records (credentials, policies), among them the gateways' registrations and
+//!   partition placements, typed in [`membership`].
 //!
 //! Every write that guards the log is conditional: [`MetadataStore::commit_index`] refuses a
 //! partition's entry unless the leader epoch and next offset still match, so a stale writer
 //! can never fork the log. It must never hold Kafka wire types; it speaks `weir-common` types.
 
+pub mod membership;
 pub mod remote;
 pub mod store;
 

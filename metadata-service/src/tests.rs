@@ -472,6 +472,106 @@ async fn records(store: &dyn MetadataStore) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Gateway registrations and placements through the typed membership API: the stored bytes
+/// are the JSON earlier versions wrote (so mixed versions read each other), a heartbeat
+/// replaces the registration, unreadable records are skipped, deregistering removes it.
+async fn membership(store: &dyn MetadataStore) -> anyhow::Result<()> {
+    use crate::membership::{self, Load, Member, PartitionLoad};
+    let topic = TopicId(uuid::Uuid::from_u128(42));
+    let mut member = Member {
+        node_id: 7,
+        host: "10.0.0.7".into(),
+        port: 9092,
+        rack: Some("az1".into()),
+        incarnation: "abc".into(),
+        started_ms: 5,
+        heartbeat_ms: 10_000,
+        draining: false,
+        load: Load {
+            bytes_in_per_sec: 1.5,
+            connections: 2,
+            partitions_led: 1,
+            partitions: vec![PartitionLoad {
+                topic: topic.0,
+                partition: 0,
+                bytes_in_per_sec: 1.5,
+                bytes_out_per_sec: 0.0,
+            }],
+            ..Load::default()
+        },
+    };
+    membership::put_member(store, &member).await?;
+    let stored = store
+        .record_get(membership::MEMBERS, "0000000007")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("registration not stored"))?;
+    assert_eq!(
+        String::from_utf8(stored)?,
+        concat!(
+            r#"{"node_id":7,"host":"10.0.0.7","port":9092,"rack":"az1","incarnation":"abc","#,
+            r#""started_ms":5,"heartbeat_ms":10000,"draining":false,"load":{"bytes_in_per_sec":1.5,"#,
+            r#""bytes_out_per_sec":0.0,"connections":2,"requests_per_sec":0.0,"request_latency_ms":0.0,"#,
+            r#""cpu_percent":0.0,"partitions_led":1,"partitions":[{"topic":"00000000-0000-0000-0000-00000000002a","#,
+            r#""partition":0,"bytes_in_per_sec":1.5,"bytes_out_per_sec":0.0}]}}"#
+        )
+    );
+    // A registration another version wrote, and one nobody can read.
+    let other = r#"{"node_id":3,"host":"h3","port":1,"rack":null,"incarnation":"x","started_ms":1,"heartbeat_ms":12500,"draining":true,"load":{"bytes_in_per_sec":0.0,"bytes_out_per_sec":0.0,"connections":0,"requests_per_sec":0.0,"request_latency_ms":0.0,"cpu_percent":0.0,"partitions_led":0,"partitions":[]}}"#;
+    store
+        .record_put(
+            membership::MEMBERS,
+            "0000000003",
+            other.as_bytes().to_vec(),
+            false,
+        )
+        .await?;
+    store
+        .record_put(
+            membership::MEMBERS,
+            "0000000004",
+            b"not json".to_vec(),
+            false,
+        )
+        .await?;
+    member.heartbeat_ms = 12_000;
+    membership::put_member(store, &member).await?;
+    let members = membership::members(store).await?;
+    assert_eq!(
+        members.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+        vec![3, 7]
+    );
+    assert_eq!(members[1], member);
+    assert!(members[0].draining && members[0].rack.is_none());
+    let live = membership::live(&members, 15_200, std::time::Duration::from_secs(3));
+    assert_eq!(live.iter().map(|m| m.node_id).collect::<Vec<_>>(), vec![3]);
+    assert!(membership::delete_member(store, 7).await?);
+    assert!(!membership::delete_member(store, 7).await?);
+    assert_eq!(membership::members(store).await?.len(), 1);
+
+    // Placements.
+    assert!(membership::assignments(store).await?.is_empty());
+    membership::write_assignment(store, topic, vec![7, -1]).await?;
+    assert_eq!(
+        store
+            .record_get(membership::ASSIGNMENTS, &topic.0.to_string())
+            .await?,
+        Some(br#"{"leaders":[7,-1]}"#.to_vec())
+    );
+    store
+        .record_put(
+            membership::ASSIGNMENTS,
+            "not-a-topic-id",
+            b"{}".to_vec(),
+            false,
+        )
+        .await?;
+    membership::write_assignment(store, topic, vec![3, 3]).await?;
+    let placed = membership::assignments(store).await?;
+    assert_eq!(placed.len(), 1);
+    assert_eq!(placed.get(&topic), Some(&vec![3, 3]));
+    Ok(())
+}
+
 /// Leadership of one partition moves between gateways: a take is conditional on the epoch,
 /// bumps it, and fences the old leader's commits; a release clears the leader only for the
 /// leader of that epoch; the new leader's tail carries the producer state.
@@ -847,6 +947,14 @@ macro_rules! suite {
                     return Ok(());
                 };
                 super::records(s.as_ref()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn membership() -> anyhow::Result<()> {
+                let Some((_g, s)) = super::$backend().await? else {
+                    return Ok(());
+                };
+                super::membership(s.as_ref()).await
             }
         }
     };

@@ -171,7 +171,32 @@ pub struct Client {
     addr: SocketAddr,
     server_name: String,
     timeout: Duration,
-    conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    /// The shared connection, or the one connect in progress. A plain mutex, held only to
+    /// read or swap the state, never across an await: callers with a live connection never
+    /// wait behind a reconnect, and concurrent reconnects share one handshake.
+    conn: std::sync::Mutex<ConnState>,
+}
+
+/// A connect in progress, awaited by every caller that needs it.
+type SharedConnect =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<quinn::Connection, String>>>;
+
+#[derive(Default)]
+enum ConnState {
+    #[default]
+    None,
+    Connecting(SharedConnect),
+    Ready(quinn::Connection),
+}
+
+impl std::fmt::Debug for ConnState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnState::None => "None",
+            ConnState::Connecting(_) => "Connecting",
+            ConnState::Ready(_) => "Ready",
+        })
+    }
 }
 
 impl Client {
@@ -202,7 +227,7 @@ impl Client {
             addr,
             server_name: server_name.to_string(),
             timeout,
-            conn: tokio::sync::Mutex::new(None),
+            conn: std::sync::Mutex::new(ConnState::None),
         })
     }
 
@@ -211,25 +236,51 @@ impl Client {
         self.addr
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn connection(&self) -> Result<quinn::Connection, RpcError> {
-        let mut guard = self.conn.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
-            }
-        }
+        use futures::FutureExt;
         let connect_err = |reason: String| RpcError::Connect {
             addr: self.addr.to_string(),
             reason,
         };
-        let conn = self
-            .endpoint
-            .connect_with(self.config.clone(), self.addr, &self.server_name)
-            .map_err(|e| connect_err(e.to_string()))?
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        *guard = Some(conn.clone());
-        Ok(conn)
+        let pending = {
+            let mut state = self.state();
+            match &*state {
+                ConnState::Ready(conn) if conn.close_reason().is_none() => return Ok(conn.clone()),
+                ConnState::Connecting(pending) => pending.clone(),
+                _ => {
+                    let connecting = self
+                        .endpoint
+                        .connect_with(self.config.clone(), self.addr, &self.server_name)
+                        .map_err(|e| connect_err(e.to_string()))?;
+                    let pending = async move { connecting.await.map_err(|e| e.to_string()) }
+                        .boxed()
+                        .shared();
+                    *state = ConnState::Connecting(pending.clone());
+                    pending
+                }
+            }
+        };
+        let outcome = pending.await;
+        let mut state = self.state();
+        if matches!(&*state, ConnState::Connecting(_)) {
+            *state = match &outcome {
+                Ok(conn) => ConnState::Ready(conn.clone()),
+                Err(_) => ConnState::None,
+            };
+        }
+        outcome.map_err(connect_err)
+    }
+
+    /// Forgets the shared connection if it is `dead` (the next call connects afresh).
+    fn forget(&self, dead: &quinn::Connection) {
+        let mut state = self.state();
+        if matches!(&*state, ConnState::Ready(c) if c.stable_id() == dead.stable_id()) {
+            *state = ConnState::None;
+        }
     }
 
     /// Sends `request` and waits for the response. A request is sent at most once: when a
@@ -275,7 +326,7 @@ impl Client {
             Ok(streams) => Ok(streams),
             Err(_) => {
                 // The connection died before anything was sent: one fresh connection.
-                self.conn.lock().await.take();
+                self.forget(&conn);
                 let conn = self.connection().await?;
                 conn.open_bi().await.map_err(|e| self.call_err(e))
             }

@@ -44,6 +44,7 @@ fn file_name(key: &str) -> String {
 
 impl DiskCache {
     /// A cache of at most `bytes` in `dir` (created, and emptied of earlier contents).
+    /// Blocking: called once while the service starts, before it serves anything.
     pub fn open(dir: &Path, bytes: u64) -> std::io::Result<Self> {
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
@@ -55,7 +56,20 @@ impl DiskCache {
             .weigher(|_k: &String, size: &u32| *size)
             .max_capacity(bytes)
             .eviction_listener(move |key: Arc<String>, _size, _cause| {
-                let _ = std::fs::remove_file(evict_dir.join(file_name(&key)));
+                // The listener runs on the runtime (inside cache calls): delete the file on
+                // the blocking pool, never here. A later write of the same key may race the
+                // delete; the loser is only a later miss (`get` drops an unreadable entry).
+                let path = evict_dir.join(file_name(&key));
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            let _ = tokio::fs::remove_file(path).await;
+                        });
+                    }
+                    Err(_) => {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
             })
             .build();
         Ok(DiskCache {

@@ -4,14 +4,17 @@
 //! It owns the object layout ([`object`]), the write buffer and flush policy, and the read
 //! cache. It packs the batches of many partitions into one object per flush (so object
 //! writes depend on bytes and time, not on the number of partitions), writes the object
-//! (fsynced on local disk), then hands the object's per-partition ranges to an [`IndexSink`]
-//! (the metadata service's offset index) and only then completes the appends. It never
-//! decodes records, never assigns offsets and never talks to the metadata store directly.
+//! (fsynced on local disk), then commits the object's per-partition ranges through an
+//! [`IndexSink`] (the metadata service's offset index, [`MetadataSink`]), tells its
+//! [`CommitObserver`] (the gateway's high watermarks) and only then completes the appends:
+//! it is the one owner of that path, in-process and in a storage node alike ([`commit`]).
+//! It never decodes records and never assigns offsets.
 //!
 //! Main types: [`Storage`] (the API the gateway uses), [`ObjectStorage`] (the implementation
 //! over any `object_store` backend, in-process in `weir serve` or inside a `weir storage`
 //! node), [`remote`] (the same API over QUIC to storage nodes), [`StorageConfig`].
 
+pub mod commit;
 mod disk_cache;
 mod local;
 mod metrics;
@@ -19,6 +22,7 @@ pub mod object;
 pub mod remote;
 pub mod s3;
 
+pub use commit::MetadataSink;
 pub use metrics::StorageMetrics;
 
 use async_trait::async_trait;
@@ -95,11 +99,30 @@ pub struct AppendBatch {
 /// commit (entry and producer states), the others `None`.
 pub type AppendTicket = oneshot::Receiver<Result<Option<PartitionCommit>>>;
 
-/// Told about each index commit that landed, before the appends it covers complete (the
-/// gateway advances its high watermarks here when the storage service is remote; in-process,
-/// the [`IndexSink`] does it).
+/// Told about each index commit that landed, before the appends it covers complete: the
+/// gateway advances its high watermarks here, in both deployment shapes. In-process,
+/// [`ObjectStorage`] calls it after its [`IndexSink`] committed; with storage nodes, the node
+/// commits and [`remote::RemoteStorage`] calls it when the node's reply arrives. See
+/// `docs/commit-path.md`.
 pub trait CommitObserver: Send + Sync + std::fmt::Debug {
     fn committed(&self, commit: &PartitionCommit);
+
+    /// All the landed commits of one flush (the default calls [`Self::committed`] for each;
+    /// an observer may override it to do per-flush work once).
+    fn committed_all(&self, commits: &mut dyn Iterator<Item = &PartitionCommit>) {
+        for commit in commits {
+            self.committed(commit);
+        }
+    }
+}
+
+/// An observer for a storage node, whose commits are reported to the gateways in the
+/// append replies instead.
+#[derive(Debug, Default)]
+pub struct NoObserver;
+
+impl CommitObserver for NoObserver {
+    fn committed(&self, _commit: &PartitionCommit) {}
 }
 
 /// Buffer space reserved for an append (back-pressure): released when the append completes.
@@ -128,10 +151,10 @@ impl Reservation {
 #[async_trait]
 pub trait IndexSink: Send + Sync {
     /// Commits all ranges of one object in one transaction; one outcome per commit, in order.
-    /// An `Err` means nothing was committed.
+    /// An `Err` means the outcome is unknown (nothing, or everything, may have landed).
     async fn commit(
         &self,
-        commits: Vec<PartitionCommit>,
+        commits: &[PartitionCommit],
     ) -> std::result::Result<Vec<std::result::Result<(), CommitRefused>>, String>;
 }
 
@@ -309,6 +332,7 @@ struct Inner {
     target: ObjectStoreTarget,
     config: StorageConfig,
     sink: Arc<dyn IndexSink>,
+    observer: Arc<dyn CommitObserver>,
     buffer: Mutex<Buffer>,
     wake: Notify,
     space: Arc<Semaphore>,
@@ -336,11 +360,24 @@ impl std::fmt::Debug for ObjectStorage {
 }
 
 impl ObjectStorage {
-    /// Starts the storage service (its flusher task) over `target`.
+    /// Starts the storage service (its flusher task) over `target`, with nobody observing
+    /// commits (a storage node: its replies carry them).
     pub fn start(
         target: ObjectStoreTarget,
         config: StorageConfig,
         sink: Arc<dyn IndexSink>,
+    ) -> Self {
+        Self::start_observed(target, config, sink, Arc::new(NoObserver))
+    }
+
+    /// Starts the storage service over `target`: each flush writes one object, commits its
+    /// ranges through `sink`, tells `observer` about every commit that landed, and only then
+    /// completes the appends.
+    pub fn start_observed(
+        target: ObjectStoreTarget,
+        config: StorageConfig,
+        sink: Arc<dyn IndexSink>,
+        observer: Arc<dyn CommitObserver>,
     ) -> Self {
         let cache = moka::future::Cache::builder()
             .weigher(|_k: &String, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
@@ -362,6 +399,7 @@ impl ObjectStorage {
             target,
             config,
             sink,
+            observer,
             buffer: Mutex::new(Buffer::default()),
             wake: Notify::new(),
             cache,
@@ -771,9 +809,17 @@ async fn flush(inner: &Inner, taken: BTreeMap<TopicPartition, Vec<Pending>>) {
         })
         .collect();
     let runs_len = runs.len();
-    match inner.sink.commit(commits.clone()).await {
+    match inner.sink.commit(&commits).await {
         Ok(outcomes) => {
             let any_ok = outcomes.iter().any(|o| o.is_ok());
+            // The high watermark moves here, before any append of this flush completes.
+            inner.observer.committed_all(
+                &mut commits
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, o)| o.is_ok())
+                    .map(|(c, _)| c),
+            );
             for ((run, outcome), commit) in runs.into_iter().zip(outcomes).zip(commits) {
                 match outcome {
                     Ok(()) => {

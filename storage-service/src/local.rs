@@ -49,7 +49,8 @@ fn open_direct(_path: &Path) -> std::io::Result<File> {
     Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
-/// Writes `data` as the file `root/key`, durable when this returns.
+/// Writes `data` as the file `root/key`, durable when this returns. Blocking: callers run it
+/// on the blocking pool (`spawn_blocking`), never on the runtime.
 pub fn write_durable(
     root: &Path,
     key: &str,

@@ -13,7 +13,7 @@ struct RecordingSink {
 impl IndexSink for RecordingSink {
     async fn commit(
         &self,
-        commits: Vec<PartitionCommit>,
+        commits: &[PartitionCommit],
     ) -> std::result::Result<Vec<std::result::Result<(), CommitRefused>>, String> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let outcomes = commits
@@ -32,7 +32,7 @@ impl IndexSink for RecordingSink {
         self.commits
             .lock()
             .map_err(|e| e.to_string())?
-            .push(commits);
+            .push(commits.to_vec());
         Ok(outcomes)
     }
 }

@@ -57,7 +57,7 @@ pub async fn create_topic(
     tracing::info!(topic = %name, partitions, id = %record.id, "topic created");
     let topic = gw
         .registry
-        .insert(record, &crate::cluster::empty_states(partitions));
+        .insert(record, &crate::leadership::empty_states(partitions));
     // Take this gateway's share now so that the creator can produce at once; the other
     // gateways take theirs at their next sync.
     if let Err(e) = gw.cluster.sync_topic(gw, topic.id).await {

@@ -898,3 +898,66 @@ pub fn consumer_group_describe(
         .collect();
     ConsumerGroupDescribeResponse::default().with_groups(groups)
 }
+
+/// Expires committed offsets as Kafka's `offsets.retention.minutes` does (KIP-211): a group
+/// with members keeps them; an idle group in memory loses them all once it has been empty
+/// for `retention` (and forgets the group); offsets of a group with no state here (manual
+/// assignment, or a group from before a restart) expire one by one, `retention` after each
+/// was committed. Only groups this gateway coordinates are looked at. Returns how many
+/// offsets were deleted.
+pub async fn expire_offsets(gw: &Gateway, retention: std::time::Duration) -> usize {
+    let Ok(stored) = gw.meta.offset_groups().await else {
+        return 0;
+    };
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let now = weir_common::now_ms();
+    let mut deleted = 0;
+    let active_848: std::collections::HashSet<String> = gw
+        .consumer_groups
+        .list()
+        .into_iter()
+        .filter(|(_, _, members)| *members > 0)
+        .map(|(id, _, _)| id)
+        .collect();
+    for group in stored {
+        if !gw.cluster.is_coordinator(&group) || active_848.contains(&group) {
+            continue;
+        }
+        let outcome = match gw.groups.idle_for(&group) {
+            // In memory with members or a rebalance: never expired.
+            Some(None) => continue,
+            Some(Some(idle)) if idle >= retention => {
+                let deleted = gw.meta.delete_offsets(&group, None).await;
+                if deleted.is_ok() {
+                    gw.groups.forget_idle(&group);
+                }
+                deleted
+            }
+            Some(Some(_)) => continue,
+            None => {
+                let Ok(offsets) = gw.meta.fetch_offsets(&group).await else {
+                    continue;
+                };
+                let old: Vec<(String, i32)> = offsets
+                    .into_iter()
+                    .filter(|o| now.saturating_sub(o.commit_ms) >= retention_ms)
+                    .map(|o| (o.topic, o.partition))
+                    .collect();
+                if old.is_empty() {
+                    continue;
+                }
+                gw.meta.delete_offsets(&group, Some(old)).await
+            }
+        };
+        match outcome {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(group = %group, offsets = n, "committed offsets expired");
+                }
+                deleted += n;
+            }
+            Err(e) => tracing::warn!(group = %group, error = %e, "offset expiry failed"),
+        }
+    }
+    deleted
+}

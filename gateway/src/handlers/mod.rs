@@ -1,7 +1,8 @@
 //! One handler per Kafka API, and the table of what Weir advertises.
 //!
-//! [`SUPPORTED`] is the single source of truth: ApiVersions advertises exactly it, the
-//! connection decodes nothing else, and the guard covers every entry.
+//! [`SUPPORTED`] (in `supported.rs`) is the single source of truth: ApiVersions advertises
+//! exactly it, the connection decodes nothing else, and the guard's versions are derived from it
+//! ([`crate::guard::guarded_versions`]).
 
 pub mod admin;
 pub mod api_versions;
@@ -11,6 +12,9 @@ pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+mod supported;
+
+pub use supported::{is_supported, SUPPORTED};
 
 use crate::Gateway;
 use futures::future::BoxFuture;
@@ -18,46 +22,6 @@ use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use std::sync::Arc;
-
-/// The APIs and versions Weir implements.
-pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 11),
-    (ApiKey::Fetch, 4, 16),
-    (ApiKey::ListOffsets, 1, 9),
-    (ApiKey::Metadata, 0, 12),
-    (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 6),
-    (ApiKey::DeleteRecords, 0, 2),
-    (ApiKey::InitProducerId, 0, 5),
-    (ApiKey::DescribeConfigs, 1, 4),
-    (ApiKey::AlterConfigs, 0, 2),
-    (ApiKey::CreatePartitions, 0, 3),
-    (ApiKey::IncrementalAlterConfigs, 0, 1),
-    (ApiKey::DescribeCluster, 0, 1),
-    (ApiKey::FindCoordinator, 0, 6),
-    (ApiKey::JoinGroup, 0, 9),
-    (ApiKey::SyncGroup, 0, 5),
-    (ApiKey::Heartbeat, 0, 4),
-    (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 9),
-    (ApiKey::OffsetFetch, 1, 9),
-    (ApiKey::DescribeGroups, 0, 5),
-    (ApiKey::ListGroups, 0, 5),
-    (ApiKey::DeleteGroups, 0, 2),
-    (ApiKey::OffsetDelete, 0, 0),
-    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
-    (ApiKey::ConsumerGroupDescribe, 0, 1),
-    (ApiKey::SaslHandshake, 1, 1),
-    (ApiKey::SaslAuthenticate, 0, 2),
-];
-
-/// Whether `version` of `key` is implemented.
-pub fn is_supported(key: ApiKey, version: i16) -> bool {
-    SUPPORTED
-        .iter()
-        .any(|&(k, min, max)| k == key && (min..=max).contains(&version))
-}
 
 /// What a handler knows about the request it serves.
 #[derive(Debug, Clone)]

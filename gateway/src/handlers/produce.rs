@@ -98,7 +98,11 @@ pub async fn begin(gw: &Arc<Gateway>, version: i16, req: ProduceRequest) -> Pend
         }
         topics.push((t.name, outcomes));
     }
-    let completion = complete(gw.clone(), version, topics);
+    // The answer comes by the request's timeout at the latest (never less than
+    // MIN_PRODUCE_WAIT): a storage that stalls gives REQUEST_TIMED_OUT, not a hung request.
+    // acks=0 has nobody to answer and waits for the outcome itself.
+    let deadline = (acks != 0).then(|| tokio::time::Instant::now() + timeout.max(MIN_PRODUCE_WAIT));
+    let completion = complete(gw.clone(), version, topics, deadline);
     if acks == 0 {
         // No answer is sent; failures still reset the partitions.
         tokio::spawn(completion);
@@ -320,11 +324,16 @@ fn next_sequence(last: i32) -> i32 {
     }
 }
 
-/// Waits for every partition's append and builds the response.
+/// The least time a produce waits for durability, whatever `timeout_ms` the client sent
+/// (a client sending 0 means "no preference", not "fail at once").
+const MIN_PRODUCE_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits for every partition's append (until `deadline`, if any) and builds the response.
 async fn complete(
     gw: Arc<Gateway>,
     version: i16,
     topics: Vec<(TopicName, Vec<Outcome>)>,
+    deadline: Option<tokio::time::Instant>,
 ) -> ProduceResponse {
     let mut responses = Vec::with_capacity(topics.len());
     for (name, outcomes) in topics {
@@ -340,7 +349,34 @@ async fn complete(
                     base_offset,
                     append_time,
                 } => {
-                    let result = ticket.await.unwrap_or(Err(StorageError::ShuttingDown));
+                    let mut ticket = ticket;
+                    let waited = match deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, &mut ticket).await,
+                        None => Ok((&mut ticket).await),
+                    };
+                    let Ok(result) = waited else {
+                        // Timed out: the append goes on. Its outcome is still watched, so a
+                        // failure resets the partition as it would have; an idempotent
+                        // retry is answered as a duplicate once the append is durable.
+                        let gw = gw.clone();
+                        let log = log.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = ticket.await.unwrap_or(Err(StorageError::ShuttingDown))
+                            {
+                                append_failed(&gw, &log, generation, &e);
+                            }
+                        });
+                        partitions.push(error_response(
+                            index,
+                            ResponseError::RequestTimedOut,
+                            (version >= 8).then(|| {
+                                "the append was not durable within the request's timeout"
+                                    .to_string()
+                            }),
+                        ));
+                        continue;
+                    };
+                    let result = result.unwrap_or(Err(StorageError::ShuttingDown));
                     match result {
                         Ok(_) => PartitionProduceResponse::default()
                             .with_index(index)
