@@ -1,14 +1,10 @@
-//! Key compaction for `cleanup.policy=compact` topics: keep the latest record of each key.
+//! Key compaction's record format half: the [`RecordRewriter`] that the storage service's
+//! key compaction ([`weir_storage::maintenance::Compactor::compact_keys`]) uses to keep the
+//! latest record of each key of a `cleanup.policy=compact` topic.
 //!
-//! A pass over a partition, when at least `min.cleanable.dirty.ratio` of its bytes are not
-//! in clean segments yet:
-//! 1. read the whole log below the high watermark and map each key to its latest offset;
-//! 2. rewrite runs of closed entries (objects older than the compaction age and
-//!    `min.compaction.lag.ms`) keeping a record only if it is its key's latest; tombstones (a
-//!    null value) whose timestamp is older than `delete.retention.ms` go too; records without
-//!    a key are kept;
-//! 3. have the storage service write each rewritten run as a clean segment, and switch the
-//!    index to it with the same conditional metadata transaction as segment compaction.
+//! A run is rewritten keeping a record only if it is its key's latest; tombstones (a null
+//! value) whose timestamp is older than `delete.retention.ms` go too; records without a key
+//! are kept.
 //!
 //! Offsets never change: a batch that lost records keeps its base offset, its records their
 //! offsets, and the index entry its range, so consumers see offset gaps exactly as Kafka's
@@ -26,13 +22,26 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
-use std::collections::HashMap;
+use weir_storage::maintenance::{LatestKeys, RecordRewriter, Rewritten, MAX_KEYS};
 
-/// Most bytes of one partition a pass reads (the key map covers the whole log); larger
-/// partitions are skipped with a warning.
-pub(crate) const MAX_LOG_BYTES: u64 = 1 << 30;
-/// Most distinct keys one pass tracks.
-pub(crate) const MAX_KEYS: usize = 4_000_000;
+/// Kafka v2 record batches, decoded and re-encoded by `kafka-protocol`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KafkaRecords;
+
+impl RecordRewriter for KafkaRecords {
+    fn scan_keys(&self, data: &[u8], latest: &mut LatestKeys) -> Result<(), String> {
+        scan_keys(data, latest)
+    }
+
+    fn rewrite(
+        &self,
+        data: &[u8],
+        latest: &LatestKeys,
+        tombstones_before: i64,
+    ) -> Result<Rewritten, String> {
+        rewrite(data, latest, tombstones_before)
+    }
+}
 /// Smallest encoded record (length, attributes, deltas, key and value lengths, header count).
 const MIN_RECORD_BYTES: usize = 7;
 
@@ -72,7 +81,7 @@ fn decode_batch(bytes: &[u8], header: &BatchHeader) -> Result<(Compression, Vec<
 }
 
 /// Records every key of `data` (stored batches, ascending) with its latest offset.
-pub(crate) fn scan_keys(data: &[u8], latest: &mut HashMap<Bytes, i64>) -> Result<(), String> {
+fn scan_keys(data: &[u8], latest: &mut LatestKeys) -> Result<(), String> {
     for (start, header) in batch::headers(data) {
         let (_, records) = decode_batch(&data[start..start + header.size], &header)?;
         for r in records {
@@ -88,22 +97,9 @@ pub(crate) fn scan_keys(data: &[u8], latest: &mut HashMap<Bytes, i64>) -> Result
     Ok(())
 }
 
-/// A run of batches after compaction.
-#[derive(Debug)]
-pub(crate) struct Rewritten {
-    pub data: Bytes,
-    pub batches: u32,
-    pub max_timestamp: i64,
-    pub records_removed: usize,
-}
-
 /// Rewrites `data` (stored batches, ascending) keeping the records that survive: the latest
 /// of each key per `latest`, and tombstones only while newer than `tombstones_before` (ms).
-pub(crate) fn rewrite(
-    data: &[u8],
-    latest: &HashMap<Bytes, i64>,
-    tombstones_before: i64,
-) -> Result<Rewritten, String> {
+fn rewrite(data: &[u8], latest: &LatestKeys, tombstones_before: i64) -> Result<Rewritten, String> {
     let mut out = BytesMut::with_capacity(data.len());
     let mut batches = 0u32;
     let mut max_timestamp = -1i64;
@@ -181,6 +177,7 @@ fn with_batch_sequences(mut records: Vec<Record>, header: &BatchHeader) -> Vec<R
 mod tests {
     use super::*;
     use kafka_protocol::records::TimestampType;
+    use std::collections::HashMap;
 
     fn record(offset: i64, key: Option<&str>, value: Option<&str>) -> Record {
         Record {

@@ -31,6 +31,7 @@ pub mod lag;
 pub mod leadership;
 pub mod listener;
 pub mod session;
+pub mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -226,12 +227,12 @@ impl Gateway {
                     topic_id: topic.id,
                     partition: p,
                 };
-                match self.meta.apply_retention(tp, limits).await {
+                let (meta, storage) = (self.meta.as_ref(), self.storage.as_ref());
+                match weir_storage::maintenance::apply_retention(meta, storage, tp, limits).await {
                     Ok(t) if t.removed_entries > 0 => {
                         tracing::debug!(topic = %topic.name, partition = p,
-                            log_start = t.log_start_offset, removed = t.removed_entries, "retention applied");
-                        self.registry.truncated(tp, t.log_start_offset);
-                        self.storage.delete_objects(t.dead_objects).await;
+                            log_start = t.log_start, removed = t.removed_entries, "retention applied");
+                        self.registry.truncated(tp, t.log_start);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -250,38 +251,15 @@ const AUTH_REFRESH: Duration = Duration::from_secs(2);
 const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(3600);
 const ORPHAN_MIN_AGE: Duration = Duration::from_secs(15 * 60);
 
-/// Deletes objects no index entry refers to (written, but their commit never landed: a
-/// crash, a lost answer) that are older than `min_age`; returns how many. Objects younger
-/// than that may still be between their write and their index commit.
+/// Deletes objects no index entry refers to that are older than `min_age` (see
+/// [`weir_storage::maintenance::sweep_orphans`]); returns how many.
 pub async fn sweep_orphans(
     meta: &dyn MetadataStore,
     storage: &dyn Storage,
     min_age: Duration,
 ) -> Result<usize, GatewayError> {
-    // Live objects first: an object committed after this read is younger than `min_age`
-    // (unless `min_age` is zero, which only start-up uses, when nothing is in flight).
-    let live: std::collections::HashSet<String> = meta.live_objects().await?.into_iter().collect();
-    let cutoff = weir_common::now_ms()
-        .saturating_sub(i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX));
-    let listed = match storage.list_objects().await {
-        Ok(objects) => objects,
-        Err(e) => {
-            // Orphans are only wasted space: carry on without sweeping them.
-            tracing::warn!(error = %e, "cannot list objects; orphaned objects are left for the next sweep");
-            return Ok(0);
-        }
-    };
-    let orphans: Vec<String> = listed
-        .into_iter()
-        .filter(|o| !live.contains(o))
-        .filter(|o| weir_storage::object_written_at(o).is_none_or(|at| at < cutoff))
-        .collect();
-    let count = orphans.len();
-    if count > 0 {
-        tracing::info!(count, "deleting objects no index entry refers to");
-        storage.delete_objects(orphans).await;
-    }
-    Ok(count)
+    let now = weir_common::now_ms();
+    Ok(weir_storage::maintenance::sweep_orphans(meta, storage, min_age, now).await?)
 }
 
 /// Serves Kafka clients on `listeners` until `shutdown` is cancelled, then stops accepting,
@@ -292,10 +270,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
-    let offsets_expiry = {
+    // Membership is joined before the partitions are handed over; the rest after the drain.
+    let mut cluster = tasks::Tasks::new();
+    let mut background = tasks::Tasks::new();
+    {
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        background.spawn("offsets-expiry", async move {
             let groups = &gateway.config.groups;
             let mut tick = tokio::time::interval(groups.offsets_retention_check_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -307,12 +288,12 @@ pub async fn run(
                     _ = shutdown.cancelled() => return,
                 }
             }
-        })
-    };
-    let retention = {
+        });
+    }
+    {
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        background.spawn("retention-and-orphan-sweep", async move {
             let mut tick = tokio::time::interval(gateway.config.retention_check_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut swept = tokio::time::Instant::now();
@@ -331,12 +312,12 @@ pub async fn run(
                     _ = shutdown.cancelled() => return,
                 }
             }
-        })
-    };
-    let compactor = {
+        });
+    }
+    {
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        background.spawn("compaction", async move {
             let every = gateway.config.compaction.interval;
             if every.is_zero() {
                 return;
@@ -357,12 +338,12 @@ pub async fn run(
                     _ = shutdown.cancelled() => return,
                 }
             }
-        })
-    };
-    let membership = {
+        });
+    }
+    {
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        cluster.spawn("membership", async move {
             let config = gateway.config.cluster.clone();
             let mut sync = tokio::time::interval(config.sync_interval);
             sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -401,12 +382,12 @@ pub async fn run(
                     _ = shutdown.cancelled() => return,
                 }
             }
-        })
-    };
-    let ticker = {
+        });
+    }
+    {
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        background.spawn("group-timers", async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -419,8 +400,8 @@ pub async fn run(
                     _ = shutdown.cancelled() => return,
                 }
             }
-        })
-    };
+        });
+    }
     // One accept task per listener feeds accepted sockets here.
     let (accepted_tx, mut accepted_rx) =
         tokio::sync::mpsc::channel::<(tokio::net::TcpStream, SocketAddr, Arc<listener::Listener>)>(
@@ -476,7 +457,7 @@ pub async fn run(
     acceptors.abort_all();
     while acceptors.join_next().await.is_some() {}
     drop(accepted_rx);
-    let _ = membership.await;
+    cluster.join_all().await;
     // Hand the partitions over while admitted requests finish: other gateways take them at
     // once instead of after the member timeout. A gateway alone with its store has no one
     // to hand them to.
@@ -492,10 +473,7 @@ pub async fn run(
         tracing::warn!("connections still open after 10 s; closing them");
         connections.abort_all();
     }
-    let _ = retention.await;
-    let _ = compactor.await;
-    let _ = offsets_expiry.await;
-    let _ = ticker.await;
+    background.join_all().await;
 }
 
 /// The address clients should use, for logs and the ready line.

@@ -19,6 +19,7 @@ mod disk_cache;
 mod local;
 mod metrics;
 pub mod object;
+pub mod maintenance;
 pub mod remote;
 pub mod s3;
 

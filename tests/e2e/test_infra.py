@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import hcl2
+import yaml
 from conftest import weir_bin
 from dockerfile_parse import DockerfileParser
 
@@ -60,6 +61,35 @@ def test_kubernetes_manifests_validate_strictly():
                          timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "passed for resource statefulset/weir-gateway" in out.stdout + out.stderr
+    assert "passed for resource deployment/weir-scaler" in out.stdout + out.stderr
+
+
+def test_kubernetes_scaler_may_scale_the_gateways_and_nothing_else():
+    """The scaler's Role grants get/patch on the gateway StatefulSet's scale subresource
+    (what `--launcher kubernetes` calls), in its namespace, and the Deployment runs it with
+    flags `weir scaler` knows, against the StatefulSet weir.yaml defines."""
+    docs = [d for d in yaml.safe_load_all((INFRA / "kubernetes" / "scaler.yaml").read_text()) if d]
+    by_kind = {d["kind"]: d for d in docs}
+    assert {"ServiceAccount", "Role", "RoleBinding", "Deployment"} <= set(by_kind)
+    rules = by_kind["Role"]["rules"]
+    scale = [r for r in rules if "statefulsets/scale" in r["resources"]]
+    assert scale and {"get", "patch"} <= set(scale[0]["verbs"])
+    assert all(r["apiGroups"] == ["apps"] and r.get("resourceNames") == ["weir-gateway"]
+               for r in rules), rules
+    assert not any("*" in r["verbs"] for r in rules)
+    binding = by_kind["RoleBinding"]
+    assert binding["roleRef"]["name"] == by_kind["Role"]["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == by_kind["ServiceAccount"]["metadata"]["name"]
+    pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == by_kind["ServiceAccount"]["metadata"]["name"]
+    args = pod["containers"][0]["args"]
+    assert args[0] == "scaler" and args[args.index("--launcher") + 1] == "kubernetes"
+    sts = args[args.index("--k8s-statefulset") + 1]
+    gateways = [d for d in yaml.safe_load_all((INFRA / "kubernetes" / "weir.yaml").read_text())
+                if d and d["kind"] == "StatefulSet"]
+    assert [g["metadata"]["name"] for g in gateways] == [sts]
+    flags = {a for a in args if a.startswith("--")}
+    assert flags <= help_flags("scaler"), flags - help_flags("scaler")
 
 
 def test_terraform_parses_and_references_resolve():
