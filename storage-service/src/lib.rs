@@ -22,6 +22,7 @@ pub mod object;
 pub mod maintenance;
 pub mod remote;
 pub mod s3;
+pub mod store;
 
 pub use commit::MetadataSink;
 pub use metrics::StorageMetrics;
@@ -331,6 +332,9 @@ struct Buffer {
 
 struct Inner {
     target: ObjectStoreTarget,
+    /// `target.store` behind the decorators ([`store::stack`]): every object store call of
+    /// the service goes through it.
+    store: Arc<dyn ObjectStore>,
     config: StorageConfig,
     sink: Arc<dyn IndexSink>,
     observer: Arc<dyn CommitObserver>,
@@ -394,8 +398,24 @@ impl ObjectStorage {
             },
             _ => None,
         };
+        let metrics = StorageMetrics::default();
+        let store = store::stack(
+            target.store.clone(),
+            metrics.clone(),
+            store::RetryPolicy {
+                write_attempts: config.write_attempts,
+                // Reads, listings and deletes were never retried here: the caller retries.
+                read_attempts: 1,
+                initial_delay: Duration::from_millis(10),
+                max_delay: Duration::from_secs(1),
+                // Object keys are fresh UUIDs: an existing object is a write of ours that
+                // landed although its response was lost.
+                create_owns_existing: true,
+            },
+        );
         let inner = Arc::new(Inner {
             disk,
+            store,
             space: Arc::new(Semaphore::new(config.max_buffered_bytes.max(1))),
             target,
             config,
@@ -407,7 +427,7 @@ impl ObjectStorage {
             flusher: Mutex::new(None),
             stop: CancellationToken::new(),
             scratch: Arc::new(Mutex::new(local::AlignedBuf::default())),
-            metrics: StorageMetrics::default(),
+            metrics,
         });
         let handle = tokio::spawn(flush_loop(inner.clone()));
         if let Ok(mut slot) = inner.flusher.lock() {
@@ -500,7 +520,7 @@ impl Storage for ObjectStorage {
             return read_chunks(&self.inner, object, start, end).await;
         }
         self.inner.metrics.cache(true);
-        let store = self.inner.target.store.clone();
+        let store = self.inner.store.clone();
         let key = object.to_string();
         let metrics = self.inner.metrics.clone();
         let whole = self
@@ -511,11 +531,19 @@ impl Storage for ObjectStorage {
                 metrics.request("get", 0);
                 match store.get(&path).await {
                     Ok(result) => {
+                        let size = result.meta.size;
                         let bytes = result
                             .bytes()
                             .await
                             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
                         metrics.request_bytes("get", bytes.len());
+                        // A torn read is not cached (the next read fetches it again).
+                        if bytes.len() as u64 != size {
+                            return Err(StorageError::Unavailable(format!(
+                                "short read of '{key}': {} of {size} bytes",
+                                bytes.len()
+                            )));
+                        }
                         Ok(bytes)
                     }
                     Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound(key)),
@@ -534,7 +562,7 @@ impl Storage for ObjectStorage {
             self.inner.cache.invalidate(&key).await;
             let path = ObjectPath::from(key.as_str());
             self.inner.metrics.request("delete", 0);
-            match self.inner.target.store.delete(&path).await {
+            match self.inner.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => tracing::warn!(object = %key, error = %e, "object delete failed"),
             }
@@ -619,7 +647,6 @@ impl Storage for ObjectStorage {
         let prefix = ObjectPath::from(DATA_PREFIX);
         let metas: Vec<_> = self
             .inner
-            .target
             .store
             .list(Some(&prefix))
             .try_collect()
@@ -892,15 +919,12 @@ fn fail_all(runs: Vec<Run>, error: &StorageError) {
 
 async fn delete_unreferenced(inner: &Inner, key: String) {
     inner.cache.invalidate(&key).await;
-    let _ = inner
-        .target
-        .store
-        .delete(&ObjectPath::from(key.as_str()))
-        .await;
+    let _ = inner.store.delete(&ObjectPath::from(key.as_str())).await;
 }
 
 /// Writes an object so that it is durable when this returns: create-only (a key is never
-/// overwritten), retried with backoff, and on local disk fsynced with its directory.
+/// overwritten), retried with backoff ([`store::RetryingStore`]), and on local disk fsynced
+/// with its directory.
 async fn write_object(inner: &Inner, key: &str, object: Bytes) -> Result<()> {
     if let Some(root) = &inner.target.local_root {
         let (root, key_owned) = (root.clone(), key.to_string());
@@ -917,34 +941,18 @@ async fn write_object(inner: &Inner, key: &str, object: Bytes) -> Result<()> {
     if object.len() > MULTIPART_THRESHOLD {
         return write_multipart(inner, &path, object).await;
     }
-    let mut delay = Duration::from_millis(10);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match inner
-            .target
-            .store
-            .put_opts(&path, PutPayload::from(object.clone()), opts)
-            .await
-        {
-            Ok(_) => break,
-            // A retry after a write that did land: the object is ours (keys are unique).
-            Err(object_store::Error::AlreadyExists { .. }) if attempt > 1 => break,
-            Err(e) if attempt >= inner.config.write_attempts => {
-                return Err(StorageError::Unavailable(e.to_string()))
-            }
-            Err(e) => {
-                tracing::warn!(object = %key, attempt, error = %e, "object write failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
-    Ok(())
+    // Retried with backoff by the store's RetryingStore (`write_attempts` attempts); an
+    // `AlreadyExists` after a failed attempt is that attempt having landed (keys are unique).
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    inner
+        .store
+        .put_opts(&path, PutPayload::from(object), opts)
+        .await
+        .map(|_| ())
+        .map_err(|e| StorageError::Unavailable(e.to_string()))
 }
 
 fn slice_of(object: &str, whole: &Bytes, start: usize, end: usize) -> Result<Bytes> {
@@ -967,9 +975,11 @@ fn chunk_key(object: &str, chunk: usize) -> String {
 }
 
 /// Fetches one aligned chunk of a remote object into the cache (shared by concurrent
-/// readers). The last chunk of an object is shorter; a chunk past the end is an error.
+/// readers). The last chunk of an object is shorter; a chunk past the end is an error. A
+/// chunk shorter than the object's size says it should be (a torn read) is an error and is
+/// not cached, so the next read fetches it again.
 async fn fetch_chunk(inner: &Inner, object: &str, chunk: usize) -> Result<Bytes> {
-    let store = inner.target.store.clone();
+    let store = inner.store.clone();
     let metrics = inner.metrics.clone();
     let key = object.to_string();
     let miss = !inner.cache.contains_key(&chunk_key(object, chunk));
@@ -989,9 +999,22 @@ async fn fetch_chunk(inner: &Inner, object: &str, chunk: usize) -> Result<Bytes>
             let from = (chunk * READ_CHUNK) as u64;
             let range = from..from + READ_CHUNK as u64;
             metrics.request("get", 0);
-            match store.get_range(&path, range).await {
-                Ok(bytes) => {
+            let options = object_store::GetOptions::default().with_range(Some(range));
+            match store.get_opts(&path, options).await {
+                Ok(result) => {
+                    let size = result.meta.size;
+                    let bytes = result
+                        .bytes()
+                        .await
+                        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
                     metrics.request_bytes("get", bytes.len());
+                    let expected = size.saturating_sub(from).min(READ_CHUNK as u64);
+                    if bytes.len() as u64 != expected {
+                        return Err(StorageError::Unavailable(format!(
+                            "short read of '{key}' chunk {chunk}: {} of {expected} bytes",
+                            bytes.len()
+                        )));
+                    }
                     if let Some(disk) = &disk {
                         disk.put(chunk_key(&key, chunk), bytes.clone());
                     }
@@ -1066,7 +1089,6 @@ const PART_BYTES: usize = 8 << 20;
 /// object), so no other writer can target the same key; a failed upload is aborted.
 async fn write_multipart(inner: &Inner, path: &ObjectPath, object: Bytes) -> Result<()> {
     let upload = inner
-        .target
         .store
         .put_multipart(path)
         .await
@@ -1094,7 +1116,6 @@ pub async fn read_object_index(storage: &ObjectStorage, object: &str) -> Result<
     let path = ObjectPath::from(object);
     let bytes = storage
         .inner
-        .target
         .store
         .get(&path)
         .await

@@ -14,6 +14,8 @@ type Labels = Vec<(&'static str, &'static str)>;
 pub struct StorageMetrics {
     requests: Family<Labels, Counter>,
     bytes: Family<Labels, Counter>,
+    store_calls: Family<Labels, Counter>,
+    store_bytes: Family<Labels, Counter>,
     cache: Family<Labels, Counter>,
     flush_bytes: Histogram,
     flush_partitions: Histogram,
@@ -28,6 +30,8 @@ impl Default for StorageMetrics {
         StorageMetrics {
             requests: Family::default(),
             bytes: Family::default(),
+            store_calls: Family::default(),
+            store_bytes: Family::default(),
             cache: Family::default(),
             // 1 KiB .. 64 MiB
             flush_bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 9)),
@@ -54,6 +58,39 @@ impl StorageMetrics {
                 .get_or_create(&vec![("op", op)])
                 .inc_by(bytes as u64);
         }
+    }
+
+    /// One call to the object store as the decorated stack saw it ([`crate::store::MeteredStore`]):
+    /// its operation and whether it failed (after retries).
+    pub(crate) fn store_call(&self, op: &'static str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.store_calls
+            .get_or_create(&vec![("op", op), ("outcome", outcome)])
+            .inc();
+    }
+
+    /// Bytes a store call moved (put: sent, get: received).
+    pub(crate) fn store_bytes(&self, op: &'static str, bytes: usize) {
+        if bytes > 0 {
+            self.store_bytes
+                .get_or_create(&vec![("op", op)])
+                .inc_by(bytes as u64);
+        }
+    }
+
+    /// Object store calls of one operation so far that ended in an error (after retries).
+    pub fn store_errors(&self, op: &'static str) -> u64 {
+        self.store_calls
+            .get_or_create(&vec![("op", op), ("outcome", "error")])
+            .get()
+    }
+
+    /// Object store calls of one operation so far, by outcome.
+    pub fn store_calls(&self, op: &'static str) -> u64 {
+        self.store_calls
+            .get_or_create(&vec![("op", op), ("outcome", "ok")])
+            .get()
+            + self.store_errors(op)
     }
 
     /// A read of the memory tier.
@@ -121,6 +158,16 @@ impl StorageMetrics {
             "weir_storage_object_bytes",
             "Bytes written (put) and read (get) from the object store",
             self.bytes.clone(),
+        );
+        registry.register(
+            "weir_storage_store_calls",
+            "Object store calls by operation and outcome, as the caller sees them (after retries)",
+            self.store_calls.clone(),
+        );
+        registry.register(
+            "weir_storage_store_bytes",
+            "Bytes moved by object store calls by operation (put: sent, get: received)",
+            self.store_bytes.clone(),
         );
         registry.register(
             "weir_storage_cache_requests",
