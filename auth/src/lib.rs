@@ -30,7 +30,7 @@ use scram::{ScramCredential, ScramMechanism, ScramServer};
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("metadata: {0}")]
-    Metadata(#[from] weir_metadata::MetadataError),
+    Metadata(#[from] weir_metadata_api::MetadataError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("configuration: {0}")]

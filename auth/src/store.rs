@@ -19,7 +19,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use weir_metadata::{MetadataError, MetadataStore};
+use weir_metadata_api::{MetadataError, MetadataStore};
 
 use crate::policy::PolicyDocument;
 use crate::scram::{ScramCredential, ScramMechanism, DEFAULT_ITERATIONS};

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use weir_common::{
     IndexEntry, LeaderEpoch, Offset, PartitionCommit, ProducerBatchState, TopicId, TopicPartition,
 };
-use weir_metadata::{PartitionState, PartitionTail, TopicRecord, PRODUCER_BATCHES_KEPT};
+use weir_metadata_api::{PartitionState, PartitionTail, TopicRecord, PRODUCER_BATCHES_KEPT};
 use weir_storage::CommitObserver;
 
 /// How many recent index entries each partition keeps in memory for tail reads.
@@ -73,7 +73,7 @@ pub struct LogState {
     pub generation: u64,
     /// This gateway leads the partition at `leader_epoch` and accepts appends.
     pub led: bool,
-    /// The gateway that leads it as far as this one knows (`weir_metadata::NO_LEADER`: none yet), for
+    /// The gateway that leads it as far as this one knows (`weir_metadata_api::NO_LEADER`: none yet), for
     /// Metadata responses.
     pub leader: i32,
 }

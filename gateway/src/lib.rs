@@ -39,7 +39,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use weir_metadata::{MetadataStore, RetentionLimits};
+use weir_metadata_api::{MetadataStore, RetentionLimits};
 use weir_storage::Storage;
 
 pub use broker::{HighWatermarks, Registry};
@@ -48,7 +48,7 @@ pub use broker::{HighWatermarks, Registry};
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("metadata: {0}")]
-    Metadata(#[from] weir_metadata::MetadataError),
+    Metadata(#[from] weir_metadata_api::MetadataError),
     #[error("storage: {0}")]
     Storage(#[from] weir_storage::StorageError),
     #[error("io: {0}")]

@@ -6,6 +6,10 @@
 //! `WEIR_TEST_REQUIRE_DYNAMODB=1` makes that a failure).
 
 use super::*;
+use std::collections::BTreeMap;
+use weir_common::{
+    CommitRefused, IndexEntry, PartitionCommit, ProducerBatchState, TopicId, TopicPartition,
+};
 use std::sync::Arc;
 
 fn entry(

@@ -8,7 +8,7 @@
 //! - [`reconciler`]: the [`Scaler`] control loop. It reads what every gateway heartbeats into
 //!   the metadata store (bytes in and out per second, per partition too, and connections),
 //!   asks the autoscaler for a decision and a [`Launcher`] for that many gateways, and writes
-//!   partition placements that the gateways follow (`weir_gateway::cluster`). Every decision
+//!   partition placements that the gateways follow (`weir_metadata_api::membership`). Every decision
 //!   is logged with its inputs, counted in metrics and kept in the metadata store as the
 //!   [`Status`] that `weir scaler status` shows.
 //! - [`launcher`]: the [`Launcher`] trait and the gateways it can start and stop: local

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use weir_common::{TopicId, TopicPartition};
-use weir_metadata::membership::Member;
+use weir_metadata_api::membership::Member;
 
 /// A partition as the rebalancer sees it.
 #[derive(Clone, Debug, PartialEq)]

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use weir_common::{TopicId, TopicPartition};
-use weir_metadata::membership::{self as cluster, Member};
-use weir_metadata::{MetadataStore, NO_LEADER};
+use weir_metadata_api::membership::{self as cluster, Member};
+use weir_metadata_api::{MetadataStore, NO_LEADER};
 
 /// Records namespace of the scaler's status ([`Status`] as JSON).
 pub const STATUS_NAMESPACE: &str = "scaler";

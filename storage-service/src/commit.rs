@@ -11,7 +11,7 @@ use crate::IndexSink;
 use async_trait::async_trait;
 use std::sync::Arc;
 use weir_common::{CommitRefused, PartitionCommit};
-use weir_metadata::MetadataStore;
+use weir_metadata_api::MetadataStore;
 
 /// Commits flushed ranges to the metadata store's offset index.
 #[derive(Debug)]

@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use weir_common::{IndexEntry, Offset, TopicPartition};
-use weir_metadata::{MetadataStore, RetentionLimits};
+use weir_metadata_api::{MetadataStore, RetentionLimits};
 
 /// When and what to compact.
 #[derive(Debug, Clone)]
@@ -432,7 +432,7 @@ pub async fn sweep_orphans(
     storage: &dyn Storage,
     min_age: Duration,
     now_ms: i64,
-) -> Result<usize, weir_metadata::MetadataError> {
+) -> Result<usize, weir_metadata_api::MetadataError> {
     // Live objects first: an object committed after this read is younger than `min_age`
     // (unless `min_age` is zero, which only start-up uses, when nothing is in flight).
     let live: HashSet<String> = meta.live_objects().await?.into_iter().collect();

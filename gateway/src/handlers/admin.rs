@@ -317,7 +317,7 @@ pub async fn create_partitions(
                 .create_partitions(&name, t.count)
                 .await
                 .map_err(|e| (ResponseError::InvalidPartitions, e.to_string()))?;
-            let states: Vec<_> = (current..t.count).map(weir_metadata::PartitionState::empty).collect();
+            let states: Vec<_> = (current..t.count).map(weir_metadata_api::PartitionState::empty).collect();
             gw.registry.add_partitions(&topic, record, &states);
             if let Err(e) = gw.cluster.sync_topic(gw, topic.id).await {
                 tracing::warn!(topic = %name, error = %e, "taking the new partitions failed; the next sync retries");

@@ -57,7 +57,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use weir_metadata::CommittedOffset;
+use weir_metadata_api::CommittedOffset;
 
 fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())

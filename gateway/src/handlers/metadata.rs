@@ -119,7 +119,7 @@ fn describe(gw: &Gateway, version: i16, topic: &Topic) -> MetadataResponseTopic 
                     let s = l.lock();
                     (s.leader_epoch, s.leader)
                 })
-                .unwrap_or((0, weir_metadata::NO_LEADER));
+                .unwrap_or((0, weir_metadata_api::NO_LEADER));
             let mut part = MetadataResponsePartition::default().with_partition_index(p);
             if leader == gw.config.node_id || view.member(leader).is_some() {
                 let node = BrokerId(leader);

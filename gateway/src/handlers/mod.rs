@@ -235,8 +235,8 @@ pub fn message(s: impl Into<String>) -> Option<StrBytes> {
 }
 
 /// Maps a metadata error to the Kafka error code a client expects.
-pub fn metadata_error_code(e: &weir_metadata::MetadataError) -> i16 {
-    use weir_metadata::MetadataError as M;
+pub fn metadata_error_code(e: &weir_metadata_api::MetadataError) -> i16 {
+    use weir_metadata_api::MetadataError as M;
     match e {
         M::TopicExists(_) => code(ResponseError::TopicAlreadyExists),
         M::UnknownTopic(_) | M::UnknownPartition(_) => code(ResponseError::UnknownTopicOrPartition),

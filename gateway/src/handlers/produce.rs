@@ -242,7 +242,7 @@ async fn append(
                     entry.batches.clear();
                 }
                 entry.batches.push_back(p);
-                while entry.batches.len() > weir_metadata::PRODUCER_BATCHES_KEPT {
+                while entry.batches.len() > weir_metadata_api::PRODUCER_BATCHES_KEPT {
                     entry.batches.pop_front();
                 }
             }
@@ -465,7 +465,7 @@ fn append_failed(
 /// them if a commit this gateway thought failed did land (same leader epoch, a longer log).
 /// Appends in flight are failed (retriable) so that no offset is handed out twice.
 async fn resync(
-    meta: Arc<dyn weir_metadata::MetadataStore>,
+    meta: Arc<dyn weir_metadata_api::MetadataStore>,
     storage: Arc<dyn weir_storage::Storage>,
     registry: Arc<crate::broker::Registry>,
     log: Arc<PartitionLog>,

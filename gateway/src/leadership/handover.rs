@@ -9,7 +9,7 @@ use futures::StreamExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use weir_metadata::NO_LEADER;
+use weir_metadata_api::NO_LEADER;
 
 impl Cluster {
     /// Hands a partition over: stop appending, let appends in flight commit, release.
@@ -57,7 +57,7 @@ impl Cluster {
             .await;
         if !self.config.exclusive {
             if let Err(e) =
-                weir_metadata::membership::delete_member(gw.meta.as_ref(), self.node_id).await
+                weir_metadata_api::membership::delete_member(gw.meta.as_ref(), self.node_id).await
             {
                 tracing::warn!(error = %e, "could not deregister");
             }

@@ -4,7 +4,7 @@
 
 use super::{Cluster, Member};
 use weir_common::TopicPartition;
-use weir_metadata::membership::Load;
+use weir_metadata_api::membership::Load;
 
 /// Rendezvous (highest random weight) choice of a node for `key`: stable while the node
 /// set is, and a node joining or leaving moves only the keys it gains or held.

@@ -1,12 +1,12 @@
 //! This gateway's registration: it registers once (refusing a node id another live
 //! gateway holds) and heartbeats its address, rack and load, through the typed membership
-//! records of [`weir_metadata::membership`].
+//! records of [`weir_metadata_api::membership`].
 
 use super::{Cluster, Load, Member};
 use crate::Gateway;
 use std::time::{Duration, Instant};
-use weir_metadata::membership::{self, members};
-use weir_metadata::{MetadataError, MetadataStore};
+use weir_metadata_api::membership::{self, members};
+use weir_metadata_api::{MetadataError, MetadataStore};
 
 impl Cluster {
     pub(super) fn me(&self, load: Load) -> Member {

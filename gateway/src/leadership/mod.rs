@@ -2,7 +2,7 @@
 //!
 //! This is the gateway's cluster brain, kept apart from the Kafka front end: it speaks no
 //! Kafka, only the metadata store's leadership calls and the typed membership records of
-//! [`weir_metadata::membership`]. The front end asks it [`Cluster::view`] (who is live, for
+//! [`weir_metadata_api::membership`]. The front end asks it [`Cluster::view`] (who is live, for
 //! Metadata responses), [`Cluster::coordinator`] (for FindCoordinator) and whether a
 //! partition log is led here.
 //!
@@ -28,7 +28,7 @@
 //! a clock running ahead by more than the member timeout could make a live gateway look
 //! dead. That costs availability (a needless move), never data: every take is fenced.
 //!
-//! [`MetadataStore::take_leadership`]: weir_metadata::MetadataStore::take_leadership
+//! [`MetadataStore::take_leadership`]: weir_metadata_api::MetadataStore::take_leadership
 
 mod handover;
 mod hashing;
@@ -40,7 +40,7 @@ mod topics;
 pub use hashing::{desired_leader, rendezvous};
 pub use load::Stats;
 pub use topics::{AdminGuard, AdminLock};
-pub use weir_metadata::membership::{
+pub use weir_metadata_api::membership::{
     Assignment, Load, Member, PartitionLoad, ASSIGNMENTS, MEMBERS,
 };
 
@@ -49,7 +49,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use weir_common::{TopicId, TopicPartition};
-use weir_metadata::PartitionState;
+use weir_metadata_api::PartitionState;
 
 /// How often a gateway alone in its cluster reads topics and leaders.
 pub const ALONE_FULL_SYNC: Duration = Duration::from_secs(2);

@@ -10,8 +10,8 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Instant;
 use weir_common::TopicId;
-use weir_metadata::membership::{assignments, live, members};
-use weir_metadata::{MetadataError, NO_LEADER};
+use weir_metadata_api::membership::{assignments, live, members};
+use weir_metadata_api::{MetadataError, NO_LEADER};
 
 /// A partition to take: its log, the epoch read, the leader recorded then.
 type Take = (Arc<PartitionLog>, i32, i32);

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use weir_common::TopicId;
-use weir_metadata::{MetadataError, PartitionState, TopicRecord};
+use weir_metadata_api::{MetadataError, PartitionState, TopicRecord};
 
 /// Reads of the topics one sync makes before it leaves them to the next sync.
 pub const READ_ATTEMPTS: usize = 3;
