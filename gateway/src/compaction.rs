@@ -20,7 +20,7 @@ impl Gateway {
             self.meta.clone(),
             self.config.compaction.clone(),
         );
-        let now = weir_common::now_ms();
+        let now = self.config.clock.now_ms();
         let cutoff = compactor.cutoff(now);
         let mut switched = 0;
         for topic in self.registry.all() {

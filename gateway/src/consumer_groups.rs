@@ -10,8 +10,9 @@
 
 use kafka_protocol::ResponseError;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use weir_common::clock::{Clock, SystemClock};
 
 /// A partition by topic id.
 pub type Tp = (uuid::Uuid, i32);
@@ -103,16 +104,27 @@ pub struct ConsumerGroups {
     groups: Mutex<HashMap<String, Group>>,
     pub session_timeout: Duration,
     pub heartbeat_interval: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 const ASSIGNORS: &[&str] = &["uniform", "range"];
 
 impl ConsumerGroups {
     pub fn new(session_timeout: Duration, heartbeat_interval: Duration) -> Self {
+        Self::with_clock(session_timeout, heartbeat_interval, Arc::new(SystemClock))
+    }
+
+    /// Groups whose sessions run on `clock`.
+    pub fn with_clock(
+        session_timeout: Duration,
+        heartbeat_interval: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         ConsumerGroups {
             groups: Mutex::new(HashMap::new()),
             session_timeout,
             heartbeat_interval,
+            clock,
         }
     }
 
@@ -163,7 +175,7 @@ impl ConsumerGroups {
 
     /// Removes members whose session expired.
     pub fn tick(&self, topics: TopicLookup<'_>) {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut groups = self.lock();
         for (id, g) in groups.iter_mut() {
             let expired: Vec<String> = g
@@ -197,7 +209,7 @@ impl ConsumerGroups {
                 return Err(ResponseError::UnsupportedAssignor);
             }
         }
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut groups = self.lock();
         let g = groups.entry(req.group_id.clone()).or_default();
         let mut member_id = req.member_id.clone();
@@ -530,6 +542,38 @@ mod tests {
         c.heartbeat(hb("b", -1, None), &lookup)?;
         let a4 = c.heartbeat(hb("a", 2, Some(kept)), &lookup)?;
         assert_eq!(a4.assignment.map(|v| v.len()), Some(6));
+        Ok(())
+    }
+
+    #[test]
+    fn an_expired_session_frees_its_partitions_on_the_injected_clock() -> Result<(), ResponseError>
+    {
+        let clock = Arc::new(weir_common::clock::ManualClock::default());
+        let c = ConsumerGroups::with_clock(
+            Duration::from_secs(45),
+            Duration::from_secs(1),
+            clock.clone(),
+        );
+        let a = c.heartbeat(hb("a", 0, None), &lookup)?;
+        let all = a.assignment.clone().unwrap_or_default();
+        let b = c.heartbeat(hb("b", 0, None), &lookup)?;
+        assert_eq!(b.assignment, Some(vec![]));
+        // a goes silent; b keeps heartbeating. At 45 s a is still a member.
+        clock.advance(Duration::from_secs(44));
+        c.heartbeat(hb("b", b.member_epoch, Some(vec![])), &lookup)?;
+        c.tick(&lookup);
+        assert!(c.heartbeat(hb("a", 1, Some(all.clone())), &lookup).is_ok());
+        clock.advance(Duration::from_secs(46));
+        c.heartbeat(hb("b", b.member_epoch, Some(vec![])), &lookup)?;
+        c.tick(&lookup);
+        assert_eq!(
+            c.heartbeat(hb("a", 1, Some(all)), &lookup).err(),
+            Some(ResponseError::UnknownMemberId),
+            "a expired 45 s after its last heartbeat"
+        );
+        let b2 = c.heartbeat(hb("b", b.member_epoch, Some(vec![])), &lookup)?;
+        let got = b2.assignment.map(|v| v.len());
+        assert_eq!(got, Some(6), "b owns every partition");
         Ok(())
     }
 }

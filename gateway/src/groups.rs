@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+use weir_common::clock::{Clock, SystemClock};
 
 /// Coordinator settings.
 #[derive(Debug, Clone)]
@@ -242,9 +243,9 @@ impl Group {
         }
     }
 
-    fn touch(&mut self, member_id: &str) {
+    fn touch(&mut self, member_id: &str, now: Instant) {
         if let Some(m) = self.members.get_mut(member_id) {
-            m.last_seen = Instant::now();
+            m.last_seen = now;
         }
     }
 
@@ -479,6 +480,7 @@ impl Group {
 pub struct Coordinator {
     pub config: GroupConfig,
     groups: Mutex<HashMap<String, Arc<Mutex<Group>>>>,
+    clock: Arc<dyn Clock>,
 }
 
 fn lock(g: &Mutex<Group>) -> std::sync::MutexGuard<'_, Group> {
@@ -487,9 +489,15 @@ fn lock(g: &Mutex<Group>) -> std::sync::MutexGuard<'_, Group> {
 
 impl Coordinator {
     pub fn new(config: GroupConfig) -> Self {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// A coordinator whose timeouts run on `clock`.
+    pub fn with_clock(config: GroupConfig, clock: Arc<dyn Clock>) -> Self {
         Coordinator {
             config,
             groups: Mutex::new(HashMap::new()),
+            clock,
         }
     }
 
@@ -528,7 +536,7 @@ impl Coordinator {
     /// Runs timeouts: rebalance deadlines, initial delays, session expiry; and forgets
     /// groups idle past `empty_group_expiry` that never had offsets committed.
     pub fn tick(&self) {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let groups: Vec<Arc<Mutex<Group>>> = self.map().values().cloned().collect();
         let mut forget = Vec::new();
         for group in groups {
@@ -620,7 +628,7 @@ impl Coordinator {
             group = self.get_or_create(&req.group_id);
         }
         let mut g = lock(&group);
-        let now = Instant::now();
+        let now = self.clock.instant();
         if g.state == GroupState::Dead {
             return Reply::Now(JoinResult::error(
                 ResponseError::CoordinatorNotAvailable,
@@ -808,7 +816,7 @@ impl Coordinator {
         {
             return Reply::Now(SyncResult::error(ResponseError::InconsistentGroupProtocol));
         }
-        g.touch(member_id);
+        g.touch(member_id, self.clock.instant());
         match g.state {
             GroupState::PreparingRebalance => {
                 Reply::Now(SyncResult::error(ResponseError::RebalanceInProgress))
@@ -872,7 +880,7 @@ impl Coordinator {
         if let Err(e) = g.check_member(member_id, instance_id) {
             return Some(e);
         }
-        g.touch(member_id);
+        g.touch(member_id, self.clock.instant());
         match g.state {
             GroupState::PreparingRebalance => Some(ResponseError::RebalanceInProgress),
             GroupState::CompletingRebalance | GroupState::Stable if generation != g.generation => {
@@ -893,7 +901,7 @@ impl Coordinator {
             return Err(ResponseError::UnknownMemberId);
         };
         let mut g = lock(&group);
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut out = Vec::new();
         let mut removed = false;
         for (member_id, instance_id) in members {
@@ -941,7 +949,7 @@ impl Coordinator {
             };
         }
         g.check_member(member_id, instance_id)?;
-        g.touch(member_id);
+        g.touch(member_id, self.clock.instant());
         if generation != g.generation {
             return Err(ResponseError::IllegalGeneration);
         }

@@ -341,3 +341,44 @@ fn a_group_with_members_is_never_forgotten() {
     c.forget_idle("g");
     assert!(c.get("g").is_some());
 }
+
+#[tokio::test]
+async fn sessions_and_idle_expiry_run_on_the_injected_clock() -> Result<(), String> {
+    let clock = Arc::new(weir_common::clock::ManualClock::default());
+    let c = Coordinator::with_clock(
+        GroupConfig {
+            empty_group_expiry: Duration::from_secs(60),
+            ..config()
+        },
+        clock.clone(),
+    );
+    let (a, ja) = first_join(&c); // a 10 s session
+    ja.await.map_err(|e| e.to_string())?;
+    let _ = later(c.sync("g", 1, &a, None, (None, None), vec![])).await;
+    // No real time passes; the coordinator only sees the clock.
+    clock.advance(Duration::from_secs(9));
+    c.tick();
+    assert_eq!(c.heartbeat("g", 1, &a, None), None, "alive after 9 s");
+    clock.advance(Duration::from_secs(9));
+    c.tick();
+    assert_eq!(
+        c.heartbeat("g", 1, &a, None),
+        None,
+        "a heartbeat renewed it"
+    );
+    clock.advance(Duration::from_millis(10_001));
+    c.tick();
+    assert_eq!(
+        c.heartbeat("g", 1, &a, None),
+        Some(ResponseError::UnknownMemberId),
+        "expired 10 s after its last heartbeat"
+    );
+    // Empty now, never committed: forgotten after empty_group_expiry, not before.
+    clock.advance(Duration::from_secs(59));
+    c.tick();
+    assert!(c.get("g").is_some(), "kept 59 s");
+    clock.advance(Duration::from_secs(2));
+    c.tick();
+    assert!(c.get("g").is_none(), "forgotten after 60 s");
+    Ok(())
+}

@@ -88,6 +88,9 @@ pub struct GatewayConfig {
     pub compaction: compaction::CompactionConfig,
     /// Membership and partition hand-over among gateways.
     pub cluster: leadership::ClusterConfig,
+    /// The time source of what decides by time (group sessions and expiry, offset
+    /// expiry, compaction ages); tests hand in a [`weir_common::clock::ManualClock`].
+    pub clock: Arc<dyn weir_common::clock::Clock>,
 }
 
 impl Default for GatewayConfig {
@@ -108,6 +111,7 @@ impl Default for GatewayConfig {
             max_connections_per_second: 1_000,
             compaction: compaction::CompactionConfig::default(),
             cluster: leadership::ClusterConfig::default(),
+            clock: Arc::new(weir_common::clock::SystemClock),
         }
     }
 }
@@ -166,10 +170,11 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             cluster,
             sessions: handlers::fetch::FetchSessions::new(config.max_fetch_sessions),
-            groups: groups::Coordinator::new(config.groups.clone()),
-            consumer_groups: consumer_groups::ConsumerGroups::new(
+            groups: groups::Coordinator::with_clock(config.groups.clone(), config.clock.clone()),
+            consumer_groups: consumer_groups::ConsumerGroups::with_clock(
                 Duration::from_secs(45),
                 Duration::from_millis(1000),
+                config.clock.clone(),
             ),
             config,
             meta,
@@ -204,7 +209,7 @@ impl Gateway {
 
     /// Applies retention to every partition once.
     pub async fn apply_retention(&self) {
-        let now = weir_common::now_ms();
+        let now = self.config.clock.now_ms();
         for topic in self.registry.all() {
             let settings = topic.settings();
             if !settings.delete_policy {

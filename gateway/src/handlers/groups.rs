@@ -312,7 +312,7 @@ pub async fn offset_commit(
             ),
         },
     );
-    let now = weir_common::now_ms();
+    let now = gw.config.clock.now_ms();
     let mut to_store = Vec::new();
     // (topic index, partition index, error) to answer.
     let mut topics: Vec<OffsetCommitResponseTopic> = Vec::new();
@@ -910,7 +910,7 @@ pub async fn expire_offsets(gw: &Gateway, retention: std::time::Duration) -> usi
         return 0;
     };
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    let now = weir_common::now_ms();
+    let now = gw.config.clock.now_ms();
     let mut deleted = 0;
     let active_848: std::collections::HashSet<String> = gw
         .consumer_groups
