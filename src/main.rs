@@ -3,20 +3,21 @@
 mod admin;
 mod metadata_cmd;
 mod scaler_cmd;
+mod settings;
 mod storage_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use settings::{LogFormat, ServeSettings, Settings};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use weir_gateway::listener::{Listener, ListenerSpec, SecurityProtocol};
+use weir_gateway::listener::Listener;
 use weir_gateway::{Gateway, GatewayConfig, HighWatermarks, Registry};
 use weir_metadata::MetadataStore;
-use weir_storage::{ObjectStorage, Storage, StorageConfig};
+use weir_storage::{ObjectStorage, Storage};
 
 /// Weir: a serverless, autoscaling, Kafka-compatible streaming service.
 ///
@@ -127,149 +128,8 @@ struct ServeArgs {
     /// TOML file with settings (same names as the flags, with underscores).
     #[arg(long, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
-    /// Kafka listener address [default: 127.0.0.1:9092].
-    #[arg(long, env = "WEIR_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// host:port clients are told to connect to [default: the listen address].
-    #[arg(long, env = "WEIR_ADVERTISE")]
-    advertise: Option<String>,
-    /// Directory for data and metadata [default: ./weir-data].
-    #[arg(long, env = "WEIR_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Object store URL: file:///path or memory:// [default: file://<data-dir>/objects].
-    #[arg(long, env = "WEIR_OBJECT_STORE")]
-    object_store: Option<String>,
-    /// Storage nodes to use instead of the in-process storage service:
-    /// quic://host:port[,host:port...]?ca=PATH (`weir storage` processes; they own the
-    /// object store, and --object-store is then unused) [default: in-process].
-    #[arg(long, env = "WEIR_STORAGE")]
-    storage: Option<String>,
-    /// Metadata store URL: embedded://path, dynamodb://table-prefix[?region=R&endpoint=URL]
-    /// (tables created if missing) or quic://host:port?ca=PATH (a `weir metadata` service)
-    /// [default: embedded://<data-dir>/metadata].
-    #[arg(long, env = "WEIR_METADATA")]
-    metadata: Option<String>,
-    /// Flush an object once this many bytes are buffered [default: 4194304].
-    #[arg(long, env = "WEIR_FLUSH_BYTES")]
-    flush_bytes: Option<usize>,
-    /// Flush an object at most this many ms after its first batch arrived; 0 flushes as soon
-    /// as the previous flush is done (group commit) [default: 0].
-    #[arg(long, env = "WEIR_FLUSH_INTERVAL_MS")]
-    flush_interval_ms: Option<u64>,
-    /// Bytes buffered or flushing before producers are slowed down [default: 33554432].
-    #[arg(long, env = "WEIR_MAX_BUFFERED_BYTES")]
-    max_buffered_bytes: Option<usize>,
-    /// Bytes of recently written or read objects kept in memory [default: 33554432].
-    #[arg(long, env = "WEIR_CACHE_BYTES")]
-    cache_bytes: Option<u64>,
-    /// Bytes of object chunks kept on local disk (in <data-dir>/cache) when the object store
-    /// is remote (s3://); 0 turns the disk tier off [default: 1073741824].
-    #[arg(long, env = "WEIR_DISK_CACHE_BYTES")]
-    disk_cache_bytes: Option<u64>,
-    /// Create unknown topics when a client asks for them (off by default).
-    #[arg(long, env = "WEIR_AUTO_CREATE_TOPICS", num_args = 0..=1, default_missing_value = "true")]
-    auto_create_topics: Option<bool>,
-    /// Partitions of auto-created topics and of CreateTopics with -1 [default: 1].
-    #[arg(long, env = "WEIR_DEFAULT_PARTITIONS")]
-    default_partitions: Option<i32>,
-    /// Largest request accepted, in bytes [default: 104857600].
-    #[arg(long, env = "WEIR_MAX_REQUEST_BYTES")]
-    max_request_bytes: Option<usize>,
-    /// Request bytes held across all connections (frames being read and requests not yet
-    /// answered); a frame waits for room instead of growing memory. At least
-    /// max-request-bytes [default: 268435456].
-    #[arg(long, env = "WEIR_REQUEST_MEMORY_BYTES")]
-    request_memory_bytes: Option<usize>,
-    /// Committed offsets of a group without members expire after this many minutes
-    /// (Kafka's offsets.retention.minutes) [default: 10080].
-    #[arg(long, env = "WEIR_OFFSETS_RETENTION_MINUTES")]
-    offsets_retention_minutes: Option<u64>,
-    /// How often retention (retention.ms, retention.bytes) is applied, in ms [default: 30000].
-    #[arg(long, env = "WEIR_RETENTION_CHECK_INTERVAL_MS")]
-    retention_check_interval_ms: Option<u64>,
-    /// How often small flush objects are compacted into per-partition segments, in ms; 0
-    /// turns compaction off [default: 60000].
-    #[arg(long, env = "WEIR_COMPACTION_INTERVAL_MS")]
-    compaction_interval_ms: Option<u64>,
-    /// Target size of compacted segments, in bytes, at most 33554432 [default: 8388608].
-    #[arg(long, env = "WEIR_SEGMENT_BYTES")]
-    segment_bytes: Option<usize>,
-    /// Only objects at least this old are compacted, in ms [default: 60000].
-    #[arg(long, env = "WEIR_COMPACTION_MIN_AGE_MS")]
-    compaction_min_age_ms: Option<u64>,
-    /// How long compacted-away objects stay readable before they are deleted, in ms
-    /// [default: 60000].
-    #[arg(long, env = "WEIR_COMPACTION_GRACE_MS")]
-    compaction_grace_ms: Option<u64>,
-    /// Most record bytes one Fetch response returns, whatever the client asks (Kafka's broker
-    /// fetch.max.bytes) [default: 16777216].
-    #[arg(long, env = "WEIR_FETCH_MAX_BYTES")]
-    fetch_max_bytes: Option<usize>,
-    /// Delay before a new consumer group's first rebalance completes, in ms (Kafka's
-    /// group.initial.rebalance.delay.ms) [default: 3000].
-    #[arg(long, env = "WEIR_GROUP_INITIAL_REBALANCE_DELAY_MS")]
-    group_initial_rebalance_delay_ms: Option<u64>,
-    /// Log format: text or json [default: text]. Levels come from RUST_LOG (default info).
-    #[arg(long, env = "WEIR_LOG_FORMAT")]
-    log_format: Option<LogFormat>,
-    /// A Kafka listener, repeatable: PROTOCOL://HOST:PORT[?mechanisms=A+B&advertise=H:P] with
-    /// PROTOCOL one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL. Given alone, these are the
-    /// only listeners; with --listen, that one is an extra PLAINTEXT listener.
-    #[arg(long = "listener", env = "WEIR_LISTENERS", value_delimiter = ',')]
-    listeners: Vec<String>,
-    /// PEM certificate chain for TLS listeners [default: a self-signed set generated under
-    /// <data-dir>/tls].
-    #[arg(long, env = "WEIR_TLS_CERT")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key for TLS listeners.
-    #[arg(long, env = "WEIR_TLS_KEY")]
-    tls_key: Option<PathBuf>,
-    /// Admin API address (used by `weir auth`) [default: 127.0.0.1:9644].
-    #[arg(long, env = "WEIR_ADMIN_LISTEN")]
-    admin_listen: Option<SocketAddr>,
-    /// Bearer token the admin API requires (required if it listens beyond loopback).
-    #[arg(long, env = "WEIR_ADMIN_TOKEN")]
-    admin_token: Option<String>,
-    /// Region IAM tokens must be signed for, and of the ARNs [default: us-east-1].
-    #[arg(long, env = "WEIR_AUTH_REGION")]
-    auth_region: Option<String>,
-    /// Account id in the ARNs policies name [default: 000000000000].
-    #[arg(long, env = "WEIR_ACCOUNT_ID")]
-    account_id: Option<String>,
-    /// Cluster name in the ARNs policies name [default: weir].
-    #[arg(long, env = "WEIR_CLUSTER_NAME")]
-    cluster_name: Option<String>,
-    /// Base64 of the 32-byte key that encrypts secret access keys at rest [default: read from
-    /// (or generated into) <data-dir>/auth/master.key].
-    #[arg(long, env = "WEIR_AUTH_MASTER_KEY", hide_env_values = true)]
-    auth_master_key: Option<String>,
-    /// Session lifetime of SCRAM/PLAIN logins in ms, after which clients re-authenticate
-    /// (KIP-368); 0: unlimited. IAM sessions end when their token expires [default: 0].
-    #[arg(long, env = "WEIR_SESSION_LIFETIME_MS")]
-    session_lifetime_ms: Option<u64>,
-    /// Most open client connections [default: 10000].
-    #[arg(long, env = "WEIR_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
-    /// Most new client connections per second [default: 1000].
-    #[arg(long, env = "WEIR_MAX_CONNECTIONS_PER_SECOND")]
-    max_connections_per_second: Option<u32>,
-    /// This gateway's broker id, unique in the cluster [default: 0 for `serve`, a random
-    /// id for `gateway`].
-    #[arg(long, env = "WEIR_NODE_ID")]
-    node_id: Option<i32>,
-    /// Rack (availability zone) clients see for this gateway.
-    #[arg(long, env = "WEIR_RACK")]
-    rack: Option<String>,
-    /// How often the gateway heartbeats in the metadata store, in ms [default: 500].
-    #[arg(long, env = "WEIR_HEARTBEAT_INTERVAL_MS")]
-    heartbeat_interval_ms: Option<u64>,
-    /// A gateway silent this long is gone and its partitions move, in ms [default: 3000].
-    #[arg(long, env = "WEIR_MEMBER_TIMEOUT_MS")]
-    member_timeout_ms: Option<u64>,
-    /// How often a gateway reads members, topics and leaders and takes or hands over
-    /// partitions, in ms [default: 250].
-    #[arg(long, env = "WEIR_SYNC_INTERVAL_MS")]
-    sync_interval_ms: Option<u64>,
+    #[command(flatten)]
+    settings: Settings,
     /// `serve` only: 1 runs this process as the only gateway; auto also runs the scaler,
     /// which starts and stops `weir gateway` processes on 127.0.0.1 with the load (policy
     /// flags below) [default: 1].
@@ -279,344 +139,14 @@ struct ServeArgs {
     scaling: scaler_cmd::PolicyArgs,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-/// Settings as the TOML file holds them; every key optional.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    listen: Option<SocketAddr>,
-    advertise: Option<String>,
-    data_dir: Option<PathBuf>,
-    object_store: Option<String>,
-    storage: Option<String>,
-    metadata: Option<String>,
-    flush_bytes: Option<usize>,
-    flush_interval_ms: Option<u64>,
-    max_buffered_bytes: Option<usize>,
-    cache_bytes: Option<u64>,
-    disk_cache_bytes: Option<u64>,
-    auto_create_topics: Option<bool>,
-    default_partitions: Option<i32>,
-    max_request_bytes: Option<usize>,
-    request_memory_bytes: Option<usize>,
-    offsets_retention_minutes: Option<u64>,
-    retention_check_interval_ms: Option<u64>,
-    compaction_interval_ms: Option<u64>,
-    segment_bytes: Option<usize>,
-    compaction_min_age_ms: Option<u64>,
-    compaction_grace_ms: Option<u64>,
-    fetch_max_bytes: Option<usize>,
-    group_initial_rebalance_delay_ms: Option<u64>,
-    log_format: Option<LogFormat>,
-    listeners: Option<Vec<String>>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    admin_listen: Option<SocketAddr>,
-    admin_token: Option<String>,
-    auth_region: Option<String>,
-    account_id: Option<String>,
-    cluster_name: Option<String>,
-    auth_master_key: Option<String>,
-    session_lifetime_ms: Option<u64>,
-    max_connections: Option<usize>,
-    max_connections_per_second: Option<u32>,
-    node_id: Option<i32>,
-    rack: Option<String>,
-    heartbeat_interval_ms: Option<u64>,
-    member_timeout_ms: Option<u64>,
-    sync_interval_ms: Option<u64>,
-}
-
-/// Resolved settings of `weir serve`.
-#[derive(Debug)]
-struct ServeSettings {
-    listeners: Vec<ListenerSpec>,
-    data_dir: PathBuf,
-    object_store: String,
-    /// Remote storage nodes (None: the storage service runs in this process).
-    storage_nodes: Option<String>,
-    metadata: String,
-    storage: StorageConfig,
-    auto_create_topics: bool,
-    default_partitions: i32,
-    max_request_bytes: usize,
-    request_memory_bytes: usize,
-    offsets_retention: Duration,
-    retention_check_interval: Duration,
-    compaction: weir_gateway::compaction::CompactionConfig,
-    fetch_max_bytes: usize,
-    group_initial_rebalance_delay: Duration,
-    log_format: LogFormat,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    admin_listen: SocketAddr,
-    /// Whether the admin address was configured (else a busy default port falls back to
-    /// an ephemeral one).
-    admin_listen_explicit: bool,
-    admin_token: Option<String>,
-    auth_region: String,
-    account_id: String,
-    cluster_name: String,
-    auth_master_key: Option<String>,
-    session_lifetime: Option<Duration>,
-    max_connections: usize,
-    max_connections_per_second: u32,
-    node_id: Option<i32>,
-    cluster: weir_gateway::leadership::ClusterConfig,
-    /// Whether the scaler runs local gateways beside this one.
-    gateways_auto: bool,
-    scaling: weir_scaler::Policy,
-}
-
 impl ServeArgs {
     fn resolve(self) -> Result<ServeSettings> {
-        let file: FileSettings = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
-            }
-            None => FileSettings::default(),
-        };
-        let data_dir = self
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("weir-data"));
-        let defaults = StorageConfig::default();
-        let storage = StorageConfig {
-            flush_bytes: self
-                .flush_bytes
-                .or(file.flush_bytes)
-                .unwrap_or(defaults.flush_bytes)
-                .max(1),
-            flush_interval: Duration::from_millis(
-                self.flush_interval_ms
-                    .or(file.flush_interval_ms)
-                    .unwrap_or(defaults.flush_interval.as_millis() as u64),
-            ),
-            max_buffered_bytes: self
-                .max_buffered_bytes
-                .or(file.max_buffered_bytes)
-                .unwrap_or(defaults.max_buffered_bytes),
-            cache_bytes: self
-                .cache_bytes
-                .or(file.cache_bytes)
-                .unwrap_or(defaults.cache_bytes),
-            disk_cache: match self
-                .disk_cache_bytes
-                .or(file.disk_cache_bytes)
-                .unwrap_or(1 << 30)
-            {
-                0 => None,
-                bytes => Some((data_dir.join("cache"), bytes)),
-            },
-            ..defaults
-        };
-        let max_request_bytes = self
-            .max_request_bytes
-            .or(file.max_request_bytes)
-            .unwrap_or(100 << 20);
-        let request_memory_bytes = self
-            .request_memory_bytes
-            .or(file.request_memory_bytes)
-            .unwrap_or(256 << 20);
-        if request_memory_bytes < max_request_bytes {
-            bail!(
-                "request-memory-bytes ({request_memory_bytes}) must be at least max-request-bytes \
-                 ({max_request_bytes}): a request of the largest allowed size must fit"
-            );
-        }
-        let offsets_retention_minutes = self
-            .offsets_retention_minutes
-            .or(file.offsets_retention_minutes)
-            .unwrap_or(7 * 24 * 60);
-        if offsets_retention_minutes == 0 {
-            bail!("offsets-retention-minutes must be at least 1");
-        }
-        if storage.max_buffered_bytes < max_request_bytes.min(16 << 20) {
-            bail!(
-                "max-buffered-bytes must be at least 16 MiB (or the max request size if smaller)"
-            );
-        }
-        let default_partitions = self
-            .default_partitions
-            .or(file.default_partitions)
-            .unwrap_or(1);
-        if default_partitions < 1 {
-            bail!("default-partitions must be at least 1");
-        }
-        let listen = self.listen.or(file.listen);
-        let advertise = self.advertise.or(file.advertise);
-        let extra: Vec<String> = if self.listeners.is_empty() {
-            file.listeners.unwrap_or_default()
-        } else {
-            self.listeners
-        };
-        let mut listeners = Vec::new();
-        if listen.is_some() || extra.is_empty() {
-            listeners.push(ListenerSpec {
-                protocol: SecurityProtocol::Plaintext,
-                addr: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092))),
-                advertise: advertise.clone(),
-                mechanisms: Vec::new(),
-            });
-        } else if advertise.is_some() {
-            bail!("--advertise applies to --listen; give each --listener its own ?advertise=host:port");
-        }
-        for spec in extra {
-            listeners.push(spec.parse().map_err(|e: String| anyhow::anyhow!(e))?);
-        }
-        let tls_cert = self.tls_cert.or(file.tls_cert);
-        let tls_key = self.tls_key.or(file.tls_key);
-        if tls_cert.is_some() != tls_key.is_some() {
-            bail!("--tls-cert and --tls-key go together");
-        }
-        let admin_token = self
-            .admin_token
-            .or(file.admin_token)
-            .filter(|t| !t.is_empty());
-        let admin_listen_explicit = self.admin_listen.or(file.admin_listen);
-        let admin_listen =
-            admin_listen_explicit.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9644)));
-        admin::check_admin_bind(admin_listen, admin_token.as_deref())?;
-        Ok(ServeSettings {
-            listeners,
-            tls_cert,
-            tls_key,
-            admin_listen,
-            admin_listen_explicit: admin_listen_explicit.is_some(),
-            admin_token,
-            auth_region: self
-                .auth_region
-                .or(file.auth_region)
-                .unwrap_or_else(|| "us-east-1".into()),
-            account_id: self
-                .account_id
-                .or(file.account_id)
-                .unwrap_or_else(|| "000000000000".into()),
-            cluster_name: self
-                .cluster_name
-                .or(file.cluster_name)
-                .unwrap_or_else(|| "weir".into()),
-            auth_master_key: self.auth_master_key.or(file.auth_master_key),
-            session_lifetime: self
-                .session_lifetime_ms
-                .or(file.session_lifetime_ms)
-                .filter(|&ms| ms > 0)
-                .map(Duration::from_millis),
-            max_connections: self
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(10_000)
-                .max(1),
-            max_connections_per_second: self
-                .max_connections_per_second
-                .or(file.max_connections_per_second)
-                .unwrap_or(1_000)
-                .max(1),
-            object_store: self.object_store.or(file.object_store).unwrap_or_else(|| {
-                format!("file://{}", absolute(&data_dir.join("objects")).display())
-            }),
-            storage_nodes: self.storage.or(file.storage),
-            metadata: self
-                .metadata
-                .or(file.metadata)
-                .unwrap_or_else(|| format!("embedded://{}", data_dir.join("metadata").display())),
-            data_dir,
-            storage,
-            auto_create_topics: self
-                .auto_create_topics
-                .or(file.auto_create_topics)
-                .unwrap_or(false),
-            default_partitions,
-            max_request_bytes,
-            request_memory_bytes,
-            offsets_retention: Duration::from_secs(offsets_retention_minutes.saturating_mul(60)),
-            retention_check_interval: Duration::from_millis(
-                self.retention_check_interval_ms
-                    .or(file.retention_check_interval_ms)
-                    .unwrap_or(30_000)
-                    .max(10),
-            ),
-            compaction: {
-                let d = weir_gateway::compaction::CompactionConfig::default();
-                let ms = |flag: Option<u64>, file: Option<u64>, default: Duration| {
-                    flag.or(file).map(Duration::from_millis).unwrap_or(default)
-                };
-                weir_gateway::compaction::CompactionConfig {
-                    interval: ms(
-                        self.compaction_interval_ms,
-                        file.compaction_interval_ms,
-                        d.interval,
-                    ),
-                    segment_bytes: self
-                        .segment_bytes
-                        .or(file.segment_bytes)
-                        .unwrap_or(d.segment_bytes)
-                        .clamp(1 << 10, 32 << 20),
-                    min_age: ms(
-                        self.compaction_min_age_ms,
-                        file.compaction_min_age_ms,
-                        d.min_age,
-                    ),
-                    grace: ms(self.compaction_grace_ms, file.compaction_grace_ms, d.grace),
-                    ..d
-                }
-            },
-            fetch_max_bytes: self
-                .fetch_max_bytes
-                .or(file.fetch_max_bytes)
-                .unwrap_or(16 << 20)
-                .max(1024),
-            group_initial_rebalance_delay: Duration::from_millis(
-                self.group_initial_rebalance_delay_ms
-                    .or(file.group_initial_rebalance_delay_ms)
-                    .unwrap_or(3000),
-            ),
-            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
-            node_id: self.node_id.or(file.node_id),
-            gateways_auto: match self.gateways.as_deref() {
-                None | Some("1") => false,
-                Some("auto") => true,
-                Some(other) => bail!("--gateways {other}: use 1 or auto"),
-            },
-            scaling: self.scaling.clone().into(),
-            cluster: {
-                let d = weir_gateway::leadership::ClusterConfig::default();
-                let ms = |flag: Option<u64>, file: Option<u64>, default: Duration| {
-                    flag.or(file)
-                        .map(|v| Duration::from_millis(v.max(10)))
-                        .unwrap_or(default)
-                };
-                weir_gateway::leadership::ClusterConfig {
-                    heartbeat_interval: ms(
-                        self.heartbeat_interval_ms,
-                        file.heartbeat_interval_ms,
-                        d.heartbeat_interval,
-                    ),
-                    member_timeout: ms(
-                        self.member_timeout_ms,
-                        file.member_timeout_ms,
-                        d.member_timeout,
-                    ),
-                    sync_interval: ms(
-                        self.sync_interval_ms,
-                        file.sync_interval_ms,
-                        d.sync_interval,
-                    ),
-                    rack: self.rack.or(file.rack),
-                    ..d
-                }
-            },
-        })
+        ServeSettings::resolve(
+            &self.settings,
+            self.config.as_deref(),
+            self.gateways.as_deref(),
+            self.scaling.into(),
+        )
     }
 }
 
@@ -964,96 +494,15 @@ async fn start_local_gateways(
     } else {
         (settings.metadata.clone(), tokio::spawn(async {}))
     };
-    let spec = &settings.listeners[0];
-    let mut listener = format!("{}://127.0.0.1:0", spec.protocol.name());
-    if spec.protocol.sasl() {
-        let names: Vec<&str> = spec.mechanisms.iter().map(|m| m.name()).collect();
-        listener.push_str(&format!("?mechanisms={}", names.join("+")));
-    }
+    // The children get this process's effective settings as a file, and only what differs
+    // per child (node id, data dir, admin address) as flags from the launcher.
     let s = settings;
-    let ms = |d: Duration| d.as_millis().to_string();
-    let mut args: Vec<String> = vec![
-        "--metadata".into(),
-        metadata_url.clone(),
-        "--listener".into(),
-        listener,
-        "--flush-bytes".into(),
-        s.storage.flush_bytes.to_string(),
-        "--flush-interval-ms".into(),
-        ms(s.storage.flush_interval),
-        "--max-buffered-bytes".into(),
-        s.storage.max_buffered_bytes.to_string(),
-        "--cache-bytes".into(),
-        s.storage.cache_bytes.to_string(),
-        "--disk-cache-bytes".into(),
-        s.storage
-            .disk_cache
-            .as_ref()
-            .map_or(0, |(_, b)| *b)
-            .to_string(),
-        "--auto-create-topics".into(),
-        s.auto_create_topics.to_string(),
-        "--default-partitions".into(),
-        s.default_partitions.to_string(),
-        "--max-request-bytes".into(),
-        s.max_request_bytes.to_string(),
-        "--request-memory-bytes".into(),
-        s.request_memory_bytes.to_string(),
-        "--offsets-retention-minutes".into(),
-        (s.offsets_retention.as_secs() / 60).to_string(),
-        "--retention-check-interval-ms".into(),
-        ms(s.retention_check_interval),
-        "--compaction-interval-ms".into(),
-        ms(s.compaction.interval),
-        "--segment-bytes".into(),
-        s.compaction.segment_bytes.to_string(),
-        "--compaction-min-age-ms".into(),
-        ms(s.compaction.min_age),
-        "--compaction-grace-ms".into(),
-        ms(s.compaction.grace),
-        "--fetch-max-bytes".into(),
-        s.fetch_max_bytes.to_string(),
-        "--group-initial-rebalance-delay-ms".into(),
-        ms(s.group_initial_rebalance_delay),
-        "--heartbeat-interval-ms".into(),
-        ms(s.cluster.heartbeat_interval),
-        "--member-timeout-ms".into(),
-        ms(s.cluster.member_timeout),
-        "--sync-interval-ms".into(),
-        ms(s.cluster.sync_interval),
-        "--auth-region".into(),
-        s.auth_region.clone(),
-        "--account-id".into(),
-        s.account_id.clone(),
-        "--cluster-name".into(),
-        s.cluster_name.clone(),
-        "--max-connections".into(),
-        s.max_connections.to_string(),
-        "--max-connections-per-second".into(),
-        s.max_connections_per_second.to_string(),
-        "--log-format".into(),
-        match s.log_format {
-            LogFormat::Text => "text".into(),
-            LogFormat::Json => "json".into(),
-        },
-    ];
-    match &s.storage_nodes {
-        Some(nodes) => args.extend(["--storage".into(), nodes.clone()]),
-        None => args.extend(["--object-store".into(), s.object_store.clone()]),
-    }
-    if let Some(lifetime) = s.session_lifetime {
-        args.extend(["--session-lifetime-ms".into(), ms(lifetime)]);
-    }
-    if let Some((cert, key)) = tls_files {
-        args.extend([
-            "--tls-cert".into(),
-            absolute(cert).display().to_string(),
-            "--tls-key".into(),
-            absolute(key).display().to_string(),
-        ]);
-    }
+    let settings_file = absolute(&s.data_dir.join("gateways").join("gateway-settings.toml"));
+    s.child_settings(&metadata_url, tls_files)
+        .write_private(&settings_file)?;
+    let args: Vec<String> = vec!["--config".into(), settings_file.display().to_string()];
     // The same master key, so that every gateway reads the credentials (not on the command
-    // line: other users could read it there).
+    // line nor in the file: other users could read it there).
     let master = match &s.auth_master_key {
         Some(k) => k.clone(),
         None => std::fs::read_to_string(s.data_dir.join("auth").join("master.key"))
@@ -1063,14 +512,19 @@ async fn start_local_gateways(
         "WEIR_AUTH_MASTER_KEY".to_string(),
         master.trim().to_string(),
     )];
+    // Settings this process read from its environment are in the file; inherited, they would
+    // override it (a flag given here wins over them, in a child the file would not).
     let first_id = weir_scaler::next_node_id(meta.as_ref()).await?;
-    let launcher = Arc::new(weir_scaler::LocalLauncher::new(
-        std::env::current_exe()?,
-        args,
-        env,
-        absolute(&s.data_dir.join("gateways")),
-        first_id,
-    ));
+    let launcher = Arc::new(
+        weir_scaler::LocalLauncher::new(
+            std::env::current_exe()?,
+            args,
+            env,
+            absolute(&s.data_dir.join("gateways")),
+            first_id,
+        )
+        .without_env(settings_env()),
+    );
     let scaler = weir_scaler::Scaler::new(
         meta.clone(),
         launcher,
@@ -1087,6 +541,15 @@ async fn start_local_gateways(
         metadata,
         metadata_stop,
     })
+}
+
+/// The environment variables of `weir serve`'s and `weir gateway`'s settings.
+fn settings_env() -> Vec<String> {
+    <ServeArgs as clap::Args>::augment_args(clap::Command::new("gateway"))
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Gives memory the allocator holds but does not use back to the system, once a second.
@@ -1196,52 +659,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_match_the_readme() -> Result<()> {
-        let s = ServeArgs::default().resolve()?;
-        assert_eq!(s.listeners.len(), 1);
-        assert_eq!(s.listeners[0].addr.to_string(), "127.0.0.1:9092");
-        assert_eq!(s.listeners[0].protocol, SecurityProtocol::Plaintext);
-        assert_eq!(s.data_dir, PathBuf::from("weir-data"));
-        assert!(
-            s.object_store.starts_with("file://") && s.object_store.ends_with("weir-data/objects")
-        );
-        assert_eq!(s.metadata, "embedded://weir-data/metadata");
-        assert!(!s.auto_create_topics);
-        Ok(())
-    }
-
-    #[test]
-    fn flags_win_over_the_file() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("weir.toml");
-        std::fs::write(
-            &path,
-            "flush_interval_ms = 50\ndefault_partitions = 3\nauto_create_topics = true\n",
-        )?;
-        let args = ServeArgs {
-            config: Some(path),
-            default_partitions: Some(6),
-            ..Default::default()
-        };
-        let s = args.resolve()?;
-        assert_eq!(s.storage.flush_interval, Duration::from_millis(50));
-        assert_eq!(s.default_partitions, 6);
-        assert!(s.auto_create_topics);
-        Ok(())
-    }
-
-    #[test]
-    fn unknown_file_keys_are_refused() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("weir.toml");
-        std::fs::write(&path, "flush_intervall_ms = 50\n")?;
-        assert!(ServeArgs {
-            config: Some(path),
-            ..Default::default()
+    fn children_do_not_inherit_the_settings_environment() {
+        let env = settings_env();
+        for name in [
+            "WEIR_CONFIG",
+            "WEIR_LISTEN",
+            "WEIR_LISTENERS",
+            "WEIR_METADATA",
+            "WEIR_FLUSH_BYTES",
+            "WEIR_SYNC_INTERVAL_MS",
+            "WEIR_GATEWAYS",
+            "WEIR_AUTH_MASTER_KEY",
+            "WEIR_MIN_GATEWAYS",
+        ] {
+            assert!(env.iter().any(|e| e == name), "{name} missing from {env:?}");
         }
-        .resolve()
-        .is_err());
-        Ok(())
+        assert!(env.iter().all(|e| e.starts_with("WEIR_")), "{env:?}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! itself.
 
 use crate::metadata_cmd::{ca_param, check_listen, service_tls};
+use crate::settings::Settings;
 use anyhow::{Context, Result};
 use clap::Args;
 use std::net::SocketAddr;
@@ -18,17 +19,24 @@ pub struct StorageArgs {
     /// UDP address the QUIC service listens on.
     #[arg(long, env = "WEIR_STORAGE_LISTEN", default_value = "127.0.0.1:9094")]
     listen: SocketAddr,
+    /// TOML file with settings: `weir serve`'s file (its keys are accepted, and the node uses
+    /// metadata, object_store, data_dir, the flush and cache keys, max_request_bytes and
+    /// log_format from it); flags and environment win over it.
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
     /// Metadata store the node commits flushed objects to: dynamodb://table-prefix or
-    /// quic://host:port?ca=PATH (a `weir metadata` service), the same one the gateways use.
+    /// quic://host:port?ca=PATH (a `weir metadata` service), the same one the gateways use
+    /// (required, here or in the --config file).
     #[arg(long, env = "WEIR_METADATA")]
-    metadata: String,
+    metadata: Option<String>,
     /// Object store URL: s3://bucket/prefix, file:///path or memory://
     /// [default: file://<data-dir>/objects].
     #[arg(long, env = "WEIR_OBJECT_STORE")]
     object_store: Option<String>,
-    /// Directory for local objects, the disk cache and the generated certificates.
-    #[arg(long, env = "WEIR_DATA_DIR", default_value = "weir-data")]
-    data_dir: PathBuf,
+    /// Directory for local objects, the disk cache and the generated certificates
+    /// [default: ./weir-data].
+    #[arg(long, env = "WEIR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Flush an object once this many bytes are buffered [default: 4194304].
     #[arg(long, env = "WEIR_FLUSH_BYTES")]
     flush_bytes: Option<usize>,
@@ -36,7 +44,8 @@ pub struct StorageArgs {
     /// as the previous flush is done [default: 0].
     #[arg(long, env = "WEIR_FLUSH_INTERVAL_MS")]
     flush_interval_ms: Option<u64>,
-    /// Bytes buffered or flushing before appends are slowed down [default: 33554432].
+    /// Bytes buffered or flushing before appends are slowed down; at least 16 MiB (or
+    /// max_request_bytes if smaller), as for `weir serve` [default: 33554432].
     #[arg(long, env = "WEIR_MAX_BUFFERED_BYTES")]
     max_buffered_bytes: Option<usize>,
     /// Bytes of recently written or read objects kept in memory [default: 33554432].
@@ -60,69 +69,85 @@ pub struct StorageArgs {
     /// Address of the HTTP endpoint serving /metrics (Prometheus) [default: none].
     #[arg(long, env = "WEIR_STORAGE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
-    /// Log format on stderr.
-    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value = "text")]
-    log_format: crate::LogFormat,
+    /// Log format on stderr: text or json [default: text].
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum)]
+    log_format: Option<crate::LogFormat>,
     /// Listen on a non-loopback address although clients are not authenticated (TLS only
     /// proves the server to them): only on a private network that nothing else reaches.
     #[arg(long, env = "WEIR_STORAGE_ALLOW_REMOTE")]
     allow_remote: bool,
 }
 
+impl StorageArgs {
+    /// The node's effective settings: its flags over the --config file over the defaults,
+    /// the same keys and rules as `weir serve` (the node uses only the storage keys).
+    pub(crate) fn settings(&self) -> Result<Settings> {
+        let flags = Settings {
+            metadata: self.metadata.clone(),
+            object_store: self.object_store.clone(),
+            data_dir: self.data_dir.clone(),
+            flush_bytes: self.flush_bytes,
+            flush_interval_ms: self.flush_interval_ms,
+            max_buffered_bytes: self.max_buffered_bytes,
+            cache_bytes: self.cache_bytes,
+            disk_cache_bytes: self.disk_cache_bytes,
+            log_format: self.log_format,
+            ..Settings::default()
+        };
+        let file = match &self.config {
+            Some(path) => Settings::load(path)?,
+            None => Settings::default(),
+        };
+        let merged = flags.over(&file)?;
+        if merged.metadata.is_none() {
+            anyhow::bail!(
+                "--metadata is required: the metadata store the gateways share, dynamodb://... \
+                 or quic://... (a `weir metadata` service)"
+            );
+        }
+        merged.effective()
+    }
+}
+
 pub fn run(args: StorageArgs) -> Result<()> {
-    crate::init_logging(args.log_format);
+    let settings = args.settings()?;
+    let config = settings.storage_config()?;
+    crate::init_logging(settings.log_format.unwrap_or_default());
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve(args))
+        .block_on(serve(args, settings, config))
 }
 
-async fn serve(args: StorageArgs) -> Result<()> {
+async fn serve(args: StorageArgs, settings: Settings, config: StorageConfig) -> Result<()> {
     check_listen("storage", args.listen, args.allow_remote)?;
-    if args.metadata.starts_with("embedded://") {
+    let (Some(metadata), Some(object_store), Some(data_dir)) = (
+        settings.metadata.clone(),
+        settings.object_store.clone(),
+        settings.data_dir.clone(),
+    ) else {
+        anyhow::bail!("the storage node's settings lack metadata, object_store or data_dir");
+    };
+    if metadata.starts_with("embedded://") {
         anyhow::bail!(
             "--metadata must be shared with the gateways: dynamodb://... or quic://... (a \
              `weir metadata` service), not an embedded store only this process can open"
         );
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let meta = weir_metadata::open(&args.metadata, true)
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let meta = weir_metadata::open(&metadata, true)
         .await
-        .with_context(|| format!("opening the metadata store {}", args.metadata))?;
+        .with_context(|| format!("opening the metadata store {metadata}"))?;
     meta.cluster_id()
         .await
-        .with_context(|| format!("reading the cluster id from {}", args.metadata))?;
-    let object_store = args.object_store.clone().unwrap_or_else(|| {
-        format!(
-            "file://{}",
-            crate::absolute(&args.data_dir.join("objects")).display()
-        )
-    });
+        .with_context(|| format!("reading the cluster id from {metadata}"))?;
     let target = weir_storage::open(&object_store)
         .await
         .with_context(|| format!("opening object store {object_store}"))?;
-    let defaults = StorageConfig::default();
-    let config = StorageConfig {
-        flush_bytes: args.flush_bytes.unwrap_or(defaults.flush_bytes).max(1),
-        flush_interval: args
-            .flush_interval_ms
-            .map(Duration::from_millis)
-            .unwrap_or(defaults.flush_interval),
-        max_buffered_bytes: args
-            .max_buffered_bytes
-            .unwrap_or(defaults.max_buffered_bytes)
-            .max(16 << 20),
-        cache_bytes: args.cache_bytes.unwrap_or(defaults.cache_bytes),
-        disk_cache: match args.disk_cache_bytes.unwrap_or(1 << 30) {
-            0 => None,
-            bytes => Some((args.data_dir.join("cache"), bytes)),
-        },
-        ..defaults
-    };
     let storage = ObjectStorage::start(target, config, Arc::new(MetadataSink::new(meta)));
     let (cert, key, ca) = service_tls(
-        &args.data_dir.join("storage-tls"),
+        &data_dir.join("storage-tls"),
         args.listen,
         &args.hosts,
         args.tls_cert.as_ref().zip(args.tls_key.as_ref()),
@@ -155,7 +180,7 @@ async fn serve(args: StorageArgs) -> Result<()> {
         }
         None => None,
     };
-    tracing::info!(%addr, object_store = %object_store, metadata = %args.metadata,
+    tracing::info!(%addr, object_store = %object_store, metadata = %metadata,
         "storage node listening (QUIC)");
     println!(
         "weir storage is ready: quic://{addr}{}",

@@ -15,6 +15,8 @@ pub struct LocalLauncher {
     args: Vec<String>,
     /// Extra environment (the auth master key).
     env: Vec<(String, String)>,
+    /// Environment variables the gateways do not inherit from this process.
+    env_remove: Vec<String>,
     dir: PathBuf,
     children: tokio::sync::Mutex<Vec<LocalGateway>>,
     next_id: std::sync::atomic::AtomicI32,
@@ -38,10 +40,17 @@ impl LocalLauncher {
             exe,
             args,
             env,
+            env_remove: Vec::new(),
             dir,
             children: tokio::sync::Mutex::new(Vec::new()),
             next_id: std::sync::atomic::AtomicI32::new(first_id),
         }
+    }
+
+    /// Gateways do not inherit these environment variables (settings they get otherwise).
+    pub fn without_env(mut self, names: Vec<String>) -> Self {
+        self.env_remove = names;
+        self
     }
 
     async fn start_one(&self) -> Result<LocalGateway> {
@@ -53,6 +62,9 @@ impl LocalLauncher {
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.join("gateway.log"))?;
         let mut cmd = tokio::process::Command::new(&self.exe);
+        for name in &self.env_remove {
+            cmd.env_remove(name);
+        }
         cmd.arg("gateway")
             .args(&self.args)
             .arg("--node-id")
