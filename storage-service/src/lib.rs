@@ -1128,4 +1128,6 @@ pub async fn read_object_index(storage: &ObjectStorage, object: &str) -> Result<
 }
 
 #[cfg(test)]
+mod contract_tests;
+#[cfg(test)]
 mod tests;

@@ -87,10 +87,12 @@ impl StorageMetrics {
 
     /// Object store calls of one operation so far, by outcome.
     pub fn store_calls(&self, op: &'static str) -> u64 {
-        self.store_calls
+        // One family lookup at a time: a lookup holds the family's lock until it is dropped.
+        let ok = self
+            .store_calls
             .get_or_create(&vec![("op", op), ("outcome", "ok")])
-            .get()
-            + self.store_errors(op)
+            .get();
+        ok + self.store_errors(op)
     }
 
     /// A read of the memory tier.

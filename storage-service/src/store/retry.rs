@@ -201,3 +201,116 @@ impl ObjectStore for RetryingStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{FaultPlan, FaultyStore};
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+
+    fn stores(policy: RetryPolicy) -> (RetryingStore, Arc<FaultPlan>, Arc<dyn ObjectStore>) {
+        let backend: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let plan = FaultPlan::new(3);
+        let faulty = Arc::new(FaultyStore::new(backend.clone(), plan.clone()));
+        (RetryingStore::new(faulty, policy), plan, backend)
+    }
+
+    fn policy(create_owns_existing: bool) -> RetryPolicy {
+        RetryPolicy {
+            write_attempts: 4,
+            read_attempts: 3,
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(4),
+            create_owns_existing,
+        }
+    }
+
+    fn create() -> PutOptions {
+        PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_within_the_budget() -> anyhow::Result<()> {
+        let (s, plan, _) = stores(policy(false));
+        let path = Path::from("a");
+        plan.fail_next_puts(3);
+        s.put(&path, PutPayload::from_static(b"a")).await?;
+        plan.fail_next_puts(4);
+        assert!(s.put(&path, PutPayload::from_static(b"a")).await.is_err());
+        assert_eq!(plan.injected().failed_puts, 7, "4 attempts, not more");
+        plan.fail_next_gets(2);
+        assert_eq!(s.get(&path).await?.bytes().await?.as_ref(), b"a");
+        plan.fail_next_gets(3);
+        assert!(s.get(&path).await.is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_are_not_retried() -> anyhow::Result<()> {
+        let (s, _plan, backend) = stores(policy(true));
+        let path = Path::from("b");
+        // NotFound is an answer, not a failure.
+        assert!(matches!(
+            s.get(&path).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+        // AlreadyExists on the first attempt is a real collision, not ours.
+        backend
+            .put(&path, PutPayload::from_static(b"theirs"))
+            .await?;
+        assert!(matches!(
+            s.put_opts(&path, PutPayload::from_static(b"ours"), create())
+                .await,
+            Err(object_store::Error::AlreadyExists { .. })
+        ));
+        assert_eq!(backend.get(&path).await?.bytes().await?.as_ref(), b"theirs");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_create_whose_response_was_lost_is_ours_only_if_allowed() -> anyhow::Result<()> {
+        for owns in [true, false] {
+            let (s, plan, backend) = stores(policy(owns));
+            let path = Path::from("c");
+            plan.lose_next_puts(1);
+            let result = s
+                .put_opts(&path, PutPayload::from_static(b"ours"), create())
+                .await;
+            assert_eq!(
+                result.is_ok(),
+                owns,
+                "create_owns_existing = {owns}: {result:?}"
+            );
+            assert_eq!(backend.get(&path).await?.bytes().await?.as_ref(), b"ours");
+            // An overwrite is never taken for an earlier attempt.
+            plan.lose_next_puts(1);
+            assert!(s
+                .put(&path, PutPayload::from_static(b"again"))
+                .await
+                .is_ok());
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn backoff_doubles_up_to_the_cap() -> anyhow::Result<()> {
+        let (s, plan, _) = stores(RetryPolicy {
+            write_attempts: 5,
+            initial_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(40),
+            ..policy(false)
+        });
+        plan.fail_next_puts(4);
+        let started = std::time::Instant::now();
+        s.put(&Path::from("d"), PutPayload::from_static(b"d"))
+            .await?;
+        // 20 + 40 + 40 + 40 ms of waiting.
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(140), "{waited:?}");
+        Ok(())
+    }
+}
