@@ -17,9 +17,9 @@
 pub mod commit;
 mod disk_cache;
 mod local;
+pub mod maintenance;
 mod metrics;
 pub mod object;
-pub mod maintenance;
 pub mod remote;
 pub mod s3;
 pub mod store;
