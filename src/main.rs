@@ -512,8 +512,6 @@ async fn start_local_gateways(
         "WEIR_AUTH_MASTER_KEY".to_string(),
         master.trim().to_string(),
     )];
-    // Settings this process read from its environment are in the file; inherited, they would
-    // override it (a flag given here wins over them, in a child the file would not).
     let first_id = weir_scaler::next_node_id(meta.as_ref()).await?;
     let launcher = Arc::new(
         weir_scaler::LocalLauncher::new(
@@ -523,6 +521,8 @@ async fn start_local_gateways(
             absolute(&s.data_dir.join("gateways")),
             first_id,
         )
+        // The settings this process read from its environment are in the file; inherited,
+        // they would win over it in a child (and a flag given here won over them).
         .without_env(settings_env()),
     );
     let scaler = weir_scaler::Scaler::new(
