@@ -1,6 +1,6 @@
 //! `weir`: the command line. Parses settings, builds the components, runs them.
 
-mod admin;
+mod auth_cmd;
 mod metadata_cmd;
 mod scaler_cmd;
 mod settings;
@@ -40,7 +40,7 @@ enum Command {
     /// as a running Weir (or any Kafka-compatible broker) reports it.
     Lag(LagArgs),
     /// Manage access keys, SCRAM users and IAM policies of a running weir (admin API).
-    Auth(admin::AuthArgs),
+    Auth(auth_cmd::AuthArgs),
     /// TLS helpers.
     #[command(subcommand)]
     Tls(TlsCommand),
@@ -401,7 +401,7 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
     } else {
         None
     };
-    let admin_task = tokio::spawn(admin::serve_admin(
+    let admin_task = tokio::spawn(weir_admin::serve_admin(
         admin_socket,
         auth,
         settings.admin_token.clone(),
@@ -631,7 +631,7 @@ fn main() -> Result<()> {
                 .build()?;
             runtime.block_on(lag(args))
         }
-        Command::Auth(args) => admin::run_auth(args),
+        Command::Auth(args) => auth_cmd::run_auth(args),
         Command::Metadata(args) => metadata_cmd::run(args),
         Command::Storage(args) => storage_cmd::run(*args),
         Command::Scaler(args) => scaler_cmd::run(*args),

@@ -237,7 +237,7 @@ async fn run_scaler(args: ScalerArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
         tracing::info!(addr = %socket.local_addr()?, "scaler metrics");
-        tokio::spawn(crate::admin::serve_metrics(
+        tokio::spawn(weir_admin::serve_metrics(
             socket,
             Arc::new(registry),
             shutdown.clone(),

@@ -446,7 +446,7 @@ impl ServeSettings {
         let admin_listen = s
             .admin_listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9644)));
-        crate::admin::check_admin_bind(admin_listen, admin_token.as_deref())?;
+        weir_admin::check_admin_bind(admin_listen, admin_token.as_deref())?;
         let gateways_auto = match gateways {
             None | Some("1") => false,
             Some("auto") => true,

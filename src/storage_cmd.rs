@@ -165,14 +165,14 @@ async fn serve(args: StorageArgs, settings: Settings, config: StorageConfig) -> 
     ));
     let metrics_task = match args.metrics_listen {
         Some(listen) => {
-            crate::admin::check_admin_bind(listen, None).context("--metrics-listen")?;
+            weir_admin::check_admin_bind(listen, None).context("--metrics-listen")?;
             let socket = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding the metrics endpoint on {listen}"))?;
             tracing::info!(metrics = %format!("http://{}/metrics", socket.local_addr()?), "metrics endpoint");
             let mut metrics = prometheus_client::registry::Registry::default();
             storage.register_metrics(&mut metrics);
-            Some(tokio::spawn(crate::admin::serve_metrics(
+            Some(tokio::spawn(weir_admin::serve_metrics(
                 socket,
                 Arc::new(metrics),
                 stop_serving.clone(),
