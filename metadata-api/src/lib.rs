@@ -319,13 +319,9 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     async fn record_list(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>>;
 }
 
-/// For backends: checks that `new` covers exactly the offsets of the contiguous run `old` of partition `tp`,
-/// in no more bytes and batches, as [`MetadataStore::replace_index`] requires.
-pub fn check_replacement(
-    tp: TopicPartition,
-    old: &[IndexEntry],
-    new: &IndexEntry,
-) -> Result<()> {
+/// For backends: checks that `new` covers exactly the offsets of the contiguous run `old` of
+/// partition `tp`, in no more bytes and batches, as [`MetadataStore::replace_index`] requires.
+pub fn check_replacement(tp: TopicPartition, old: &[IndexEntry], new: &IndexEntry) -> Result<()> {
     let invalid = |why: &str| Err(MetadataError::Invalid(format!("index replacement: {why}")));
     let (Some(first), Some(last)) = (old.first(), old.last()) else {
         return invalid("no entries to replace");

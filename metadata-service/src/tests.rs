@@ -7,10 +7,10 @@
 
 use super::*;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use weir_common::{
     CommitRefused, IndexEntry, PartitionCommit, ProducerBatchState, TopicId, TopicPartition,
 };
-use std::sync::Arc;
 
 fn entry(
     tp: TopicPartition,
