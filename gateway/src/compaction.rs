@@ -19,9 +19,9 @@ impl Gateway {
             self.storage.clone(),
             self.meta.clone(),
             self.config.compaction.clone(),
+            self.config.clock.clone(),
         );
-        let now = self.config.clock.now_ms();
-        let cutoff = compactor.cutoff(now);
+        let cutoff = compactor.cutoff(self.config.clock.now_ms());
         let mut switched = 0;
         for topic in self.registry.all() {
             let settings = topic.settings();
@@ -51,7 +51,7 @@ impl Gateway {
                         delete_retention_ms: settings.delete_retention_ms,
                     };
                     compactor
-                        .compact_keys(view, policy, cutoff, now, &KafkaRecords, &on_switch)
+                        .compact_keys(view, policy, cutoff, &KafkaRecords, &on_switch)
                         .await
                 } else {
                     compactor.compact_partition(view, cutoff, &on_switch).await

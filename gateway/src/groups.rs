@@ -584,7 +584,11 @@ impl Coordinator {
         let group = self.get(group_id)?;
         let g = lock(&group);
         Some(if g.is_idle() {
-            Some(g.empty_since.map_or(Duration::ZERO, |t| t.elapsed()))
+            let now = self.clock.instant();
+            Some(
+                g.empty_since
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
+            )
         } else {
             None
         })

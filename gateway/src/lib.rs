@@ -233,11 +233,15 @@ impl Gateway {
                     partition: p,
                 };
                 let (meta, storage) = (self.meta.as_ref(), self.storage.as_ref());
-                match weir_storage::maintenance::apply_retention(meta, storage, tp, limits).await {
+                let truncated = |log_start| self.registry.truncated(tp, log_start);
+                match weir_storage::maintenance::apply_retention(
+                    meta, storage, tp, limits, &truncated,
+                )
+                .await
+                {
                     Ok(t) if t.removed_entries > 0 => {
                         tracing::debug!(topic = %topic.name, partition = p,
                             log_start = t.log_start, removed = t.removed_entries, "retention applied");
-                        self.registry.truncated(tp, t.log_start);
                     }
                     Ok(_) => {}
                     Err(e) => {

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use weir_common::clock::Clock;
 use weir_common::{IndexEntry, Offset, TopicPartition};
 use weir_metadata_api::{MetadataStore, RetentionLimits};
 
@@ -163,6 +164,7 @@ pub struct Compactor {
     storage: Arc<dyn Storage>,
     meta: Arc<dyn MetadataStore>,
     config: CompactionConfig,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Compactor {
@@ -174,15 +176,19 @@ impl std::fmt::Debug for Compactor {
 }
 
 impl Compactor {
+    /// A compactor whose ages (`min.compaction.lag.ms`, `delete.retention.ms`) run on
+    /// `clock`.
     pub fn new(
         storage: Arc<dyn Storage>,
         meta: Arc<dyn MetadataStore>,
         config: CompactionConfig,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Compactor {
             storage,
             meta,
             config,
+            clock,
         }
     }
 
@@ -284,7 +290,6 @@ impl Compactor {
         log: PartitionLog,
         policy: KeyPolicy,
         cutoff: i64,
-        now_ms: i64,
         rewriter: &dyn RecordRewriter,
         switched: &(dyn Fn(&IndexEntry) + Sync),
     ) -> Result<usize, String> {
@@ -335,6 +340,8 @@ impl Compactor {
                 .map_err(|e| e.to_string())?;
             rewriter.scan_keys(&bytes, &mut latest)?;
         }
+        // Now, after the scan (a large partition takes a while to read).
+        let now_ms = self.clock.now_ms();
         let closed_before = cutoff.min(now_ms.saturating_sub(policy.min_compaction_lag_ms));
         let tombstones_before = now_ms.saturating_sub(policy.delete_retention_ms);
         let closed: Vec<IndexEntry> = entries
@@ -403,19 +410,22 @@ pub struct Retained {
 }
 
 /// Applies `limits` to one partition: drops the whole entries below them from the index
-/// (one conditional metadata transaction) and deletes the objects nothing refers to any
-/// more.
+/// (one conditional metadata transaction), tells `truncated` the new log start (so the
+/// leader stops serving the dropped offsets), and only then deletes the objects nothing
+/// refers to any more.
 pub async fn apply_retention(
     meta: &dyn MetadataStore,
     storage: &dyn Storage,
     tp: TopicPartition,
     limits: RetentionLimits,
+    truncated: &(dyn Fn(Offset) + Sync),
 ) -> Result<Retained, String> {
     let t = meta
         .apply_retention(tp, limits)
         .await
         .map_err(|e| e.to_string())?;
     if t.removed_entries > 0 {
+        truncated(t.log_start_offset);
         storage.delete_objects(t.dead_objects).await;
     }
     Ok(Retained {

@@ -58,7 +58,8 @@ impl RetryingStore {
     }
 
     /// Runs `call` until it succeeds, fails permanently or used up `attempts`.
-    /// `existing`: an `AlreadyExists` after a failed attempt is the success it returns.
+    /// `existing`: an `AlreadyExists` is the success it returns, after a failed attempt or
+    /// whenever more than one attempt is allowed (the backend's own retry may have landed it).
     async fn retry<T, F, Fut>(
         &self,
         op: &'static str,
@@ -82,7 +83,10 @@ impl RetryingStore {
             };
             if let (Some(ok), object_store::Error::AlreadyExists { .. }) = (existing, &e) {
                 // A retry after a write that did land: the object is ours (keys are unique).
-                if attempt > 1 {
+                // Also on the first attempt when retries are allowed: the backend's client
+                // retries by itself (object_store retries a 5xx of a conditional PUT that
+                // landed, and gets AlreadyExists), so the earlier attempt may be invisible.
+                if attempt > 1 || attempts > 1 {
                     return Ok(ok());
                 }
             }
@@ -251,23 +255,49 @@ mod tests {
 
     #[tokio::test]
     async fn permanent_errors_are_not_retried() -> anyhow::Result<()> {
-        let (s, _plan, backend) = stores(policy(true));
+        let (s, _plan, _) = stores(policy(true));
         let path = Path::from("b");
         // NotFound is an answer, not a failure.
         assert!(matches!(
             s.get(&path).await,
             Err(object_store::Error::NotFound { .. })
         ));
-        // AlreadyExists on the first attempt is a real collision, not ours.
+        // Without unique keys, AlreadyExists on the first attempt is another writer's object.
+        let (strict, _, backend) = stores(policy(false));
         backend
             .put(&path, PutPayload::from_static(b"theirs"))
             .await?;
         assert!(matches!(
-            s.put_opts(&path, PutPayload::from_static(b"ours"), create())
+            strict
+                .put_opts(&path, PutPayload::from_static(b"ours"), create())
                 .await,
             Err(object_store::Error::AlreadyExists { .. })
         ));
         assert_eq!(backend.get(&path).await?.bytes().await?.as_ref(), b"theirs");
+        // With unique keys (the storage service's), it can only be our own write that the
+        // backend's client retried: success, nothing overwritten.
+        let (owner, _, backend) = stores(policy(true));
+        backend
+            .put(&path, PutPayload::from_static(b"landed"))
+            .await?;
+        owner
+            .put_opts(&path, PutPayload::from_static(b"landed"), create())
+            .await?;
+        assert_eq!(backend.get(&path).await?.bytes().await?.as_ref(), b"landed");
+        // Only one attempt allowed: nothing retried, so the error stands.
+        let (single, _, backend) = stores(RetryPolicy {
+            write_attempts: 1,
+            ..policy(true)
+        });
+        backend
+            .put(&path, PutPayload::from_static(b"theirs"))
+            .await?;
+        assert!(matches!(
+            single
+                .put_opts(&path, PutPayload::from_static(b"ours"), create())
+                .await,
+            Err(object_store::Error::AlreadyExists { .. })
+        ));
         Ok(())
     }
 
