@@ -99,14 +99,14 @@ fn seg(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: Option<String>,
     agent: ureq::Agent,
 }
 
 impl Client {
-    fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<Value> {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<Value> {
         let url = format!("{}{}", self.base.trim_end_matches('/'), path);
         let mut req = ureq::http::Request::builder()
             .method(method)
@@ -140,17 +140,23 @@ impl Client {
     }
 }
 
+impl Client {
+    pub(crate) fn new(base: String, token: Option<String>) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        Client { base, token, agent }
+    }
+}
+
+pub(crate) fn seg_of(s: &str) -> String {
+    seg(s)
+}
+
 pub fn run_auth(args: AuthArgs) -> Result<()> {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(30)))
-        .build()
-        .new_agent();
-    let client = Client {
-        base: args.admin,
-        token: args.admin_token,
-        agent,
-    };
+    let client = Client::new(args.admin, args.admin_token);
     let out = match args.command {
         AuthCommand::Key(KeyCommand::Create { principal }) => client.call(
             "POST",

@@ -5,6 +5,7 @@ mod metadata_cmd;
 mod scaler_cmd;
 mod settings;
 mod storage_cmd;
+mod tenants_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -41,6 +42,9 @@ enum Command {
     Lag(LagArgs),
     /// Manage access keys, SCRAM users and IAM policies of a running weir (admin API).
     Auth(auth_cmd::AuthArgs),
+    /// Manage tenants (accounts) of a running weir (admin API): create, list, describe,
+    /// suspend, resume, delete.
+    Tenants(tenants_cmd::TenantsArgs),
     /// TLS helpers.
     #[command(subcommand)]
     Tls(TlsCommand),
@@ -286,12 +290,19 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
         bound.push((socket, spec.clone(), host, port));
     }
     let mut tls_files: Option<(PathBuf, PathBuf)> = None;
-    let tls = if settings.listeners.iter().any(|l| l.protocol.tls()) {
+    // Tenant clusters are SASL_SSL: they need the TLS set as much as a TLS listener does.
+    let tls = if settings.listeners.iter().any(|l| l.protocol.tls())
+        || settings.cluster_ports.is_some()
+    {
         let (cert, key) = match (&settings.tls_cert, &settings.tls_key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => {
                 let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-                for (_, _, host, _) in &bound {
+                for host in bound
+                    .iter()
+                    .map(|(_, _, host, _)| host)
+                    .chain(settings.cluster_advertise_host.iter())
+                {
                     if !hosts.contains(host) {
                         hosts.push(host.clone());
                     }
@@ -310,7 +321,27 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
         None
     };
     let (host, port) = (bound[0].2.clone(), bound[0].3);
+    let cluster_host = settings
+        .cluster_advertise_host
+        .clone()
+        .unwrap_or_else(|| host.clone());
+    let tenancy = match (settings.cluster_ports, &tls) {
+        (Some((first_port, ports)), Some(tls)) => Some(weir_gateway::tenancy::TenancyConfig {
+            listen_host: bound[0].1.addr.ip(),
+            advertised_host: cluster_host.clone(),
+            first_port,
+            ports,
+            tls: tls.clone(),
+        }),
+        _ => None,
+    };
+    let cluster_endpoints = tenancy.as_ref().map(|t| weir_admin::ClusterEndpoints {
+        advertised_host: t.advertised_host.clone(),
+        first_port: t.first_port,
+        ports: t.ports,
+    });
     let config = GatewayConfig {
+        tenancy,
         node_id,
         cluster: weir_gateway::leadership::ClusterConfig {
             // An embedded store is this process's alone unless it serves local gateways.
@@ -345,7 +376,11 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
     let auth_store = Arc::new(weir_auth::AuthStore::open(meta.clone(), master).await?);
     let cluster_id = meta.cluster_id().await?;
     let mut hosts: Vec<String> = bound.iter().map(|(_, _, h, _)| h.clone()).collect();
-    hosts.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    hosts.extend([
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        cluster_host,
+    ]);
     let auth = Arc::new(weir_auth::Auth::new(
         auth_store,
         weir_auth::Arns::new(
@@ -360,6 +395,7 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
             max_session: settings.session_lifetime,
         },
     ));
+    auth.tenants.refresh().await?;
     let admin_socket = match tokio::net::TcpListener::bind(settings.admin_listen).await {
         Ok(s) => s,
         Err(e) if !settings.admin_listen_explicit => {
@@ -406,6 +442,7 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
         auth,
         settings.admin_token.clone(),
         Arc::new(metrics),
+        cluster_endpoints,
         shutdown.clone(),
     ));
     let mut listeners = Vec::new();
@@ -421,6 +458,7 @@ async fn serve(settings: ServeSettings, role: Role) -> Result<()> {
             } else {
                 None
             },
+            cluster: None,
         });
         let mechanisms: Vec<&str> = spec.mechanisms.iter().map(|m| m.name()).collect();
         tracing::info!(protocol = spec.protocol.name(), listen = %spec.addr,
@@ -632,6 +670,7 @@ fn main() -> Result<()> {
             runtime.block_on(lag(args))
         }
         Command::Auth(args) => auth_cmd::run_auth(args),
+        Command::Tenants(args) => tenants_cmd::run_tenants(args),
         Command::Metadata(args) => metadata_cmd::run(args),
         Command::Storage(args) => storage_cmd::run(*args),
         Command::Scaler(args) => scaler_cmd::run(*args),

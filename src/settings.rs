@@ -151,6 +151,15 @@ pub(crate) struct Settings {
     /// Cluster name in the ARNs policies name [default: weir].
     #[arg(long, env = "WEIR_CLUSTER_NAME")]
     pub(crate) cluster_name: Option<String>,
+    /// Ports of tenant clusters, START-END: each cluster the MSK API creates gets one
+    /// (SASL_SSL, IAM), bound on the first listener's host; `off` serves none
+    /// [default: 19100-20099].
+    #[arg(long, env = "WEIR_CLUSTER_PORTS")]
+    pub(crate) cluster_ports: Option<String>,
+    /// Host name tenant clusters' bootstrap strings give (and the TLS certificate covers)
+    /// [default: the first listener's advertised host].
+    #[arg(long, env = "WEIR_CLUSTER_ADVERTISE_HOST")]
+    pub(crate) cluster_advertise_host: Option<String>,
     /// Base64 of the 32-byte key that encrypts secret access keys at rest [default: read from
     /// (or generated into) <data-dir>/auth/master.key].
     #[arg(long, env = "WEIR_AUTH_MASTER_KEY", hide_env_values = true)]
@@ -295,6 +304,8 @@ impl Settings {
             auth_region: Some("us-east-1".into()),
             account_id: Some("000000000000".into()),
             cluster_name: Some("weir".into()),
+            cluster_ports: Some("19100-20099".into()),
+            cluster_advertise_host: None,
             session_lifetime_ms: Some(0),
             max_connections: Some(10_000),
             max_connections_per_second: Some(1_000),
@@ -374,6 +385,9 @@ pub(crate) struct ServeSettings {
     pub(crate) auth_region: String,
     pub(crate) account_id: String,
     pub(crate) cluster_name: String,
+    /// Tenant cluster ports: the first and how many (None: no tenant clusters).
+    pub(crate) cluster_ports: Option<(u16, u32)>,
+    pub(crate) cluster_advertise_host: Option<String>,
     pub(crate) auth_master_key: Option<String>,
     pub(crate) session_lifetime: Option<Duration>,
     pub(crate) max_connections: usize,
@@ -482,6 +496,8 @@ impl ServeSettings {
             auth_region: get!(s, auth_region),
             account_id: get!(s, account_id),
             cluster_name: get!(s, cluster_name),
+            cluster_ports: parse_port_range(&get!(s, cluster_ports))?,
+            cluster_advertise_host: s.cluster_advertise_host.clone(),
             auth_master_key: s.auth_master_key.clone(),
             session_lifetime: Some(get!(s, session_lifetime_ms))
                 .filter(|&ms| ms > 0)
@@ -545,8 +561,26 @@ impl ServeSettings {
             node_id: None,
             admin_listen: None,
             auth_master_key: None,
+            // Gateways on one host cannot share the cluster ports: the parent serves them.
+            cluster_ports: Some("off".into()),
             ..self.settings.clone()
         }
+    }
+}
+
+/// `START-END` (inclusive) as (first port, count); `off` as None.
+fn parse_port_range(text: &str) -> Result<Option<(u16, u32)>> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let parsed = text
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
+    match parsed {
+        Some((start, end)) if start > 0 && start <= end => {
+            Ok(Some((start, u32::from(end - start) + 1)))
+        }
+        _ => bail!("--cluster-ports {text}: expected START-END (e.g. 19100-20099) or off"),
     }
 }
 
@@ -554,6 +588,18 @@ impl ServeSettings {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn cluster_port_ranges() {
+        assert_eq!(
+            parse_port_range("19100-20099").ok(),
+            Some(Some((19100, 1000)))
+        );
+        assert_eq!(parse_port_range("off").ok(), Some(None));
+        for bad in ["", "5", "10-5", "0-3", "a-b", "1-70000"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
+    }
 
     /// `weir serve`'s resolution of these flags and this file.
     fn resolve(flags: &Settings, config: Option<&Path>) -> Result<ServeSettings> {

@@ -18,7 +18,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle_eq::constant_time_eq;
 use weir_auth::scram::ScramMechanism;
+use weir_auth::tenants::TenantState;
 use weir_auth::{Auth, AuthError, PolicyDocument};
+
+mod msk;
+pub use msk::ClusterEndpoints;
 
 mod subtle_eq {
     /// Compares two byte strings in time independent of where they differ.
@@ -35,6 +39,8 @@ struct AdminState {
     auth: Arc<Auth>,
     token: Option<String>,
     metrics: Arc<prometheus_client::registry::Registry>,
+    /// Where tenant clusters are reached (None: this gateway serves none).
+    clusters: Option<ClusterEndpoints>,
 }
 
 struct ApiError(StatusCode, String);
@@ -50,6 +56,8 @@ impl From<AuthError> for ApiError {
         let status = match &e {
             AuthError::Invalid(_) => StatusCode::BAD_REQUEST,
             AuthError::NotFound(_) => StatusCode::NOT_FOUND,
+            AuthError::Conflict(_) => StatusCode::CONFLICT,
+            AuthError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -239,6 +247,134 @@ async fn cluster(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
     }))
 }
 
+#[derive(Deserialize)]
+struct CreateTenant {
+    name: String,
+}
+
+fn tenant_json(s: &AdminState, t: &weir_auth::tenants::Tenant) -> Value {
+    json!({
+        "account_id": t.account_id,
+        "name": t.name,
+        "state": t.state,
+        "created_ms": t.created_ms,
+        "max_clusters": t.max_clusters,
+        "root_principal": weir_auth::tenants::root_principal(&t.account_id),
+        "clusters": s.auth.tenants.clusters(&t.account_id).len(),
+    })
+}
+
+async fn create_tenant(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Json(body): Json<CreateTenant>,
+) -> ApiResult {
+    authorize(&s, &headers)?;
+    let tenant = s.auth.tenants.create_tenant(&body.name).await?;
+    let root = weir_auth::tenants::root_principal(&tenant.account_id);
+    let key = match s.auth.store.create_key(&root).await {
+        Ok(k) => k,
+        Err(e) => {
+            // No tenant without its root key.
+            let _ = s.auth.tenants.delete_tenant(&tenant.account_id).await;
+            return Err(e.into());
+        }
+    };
+    tracing::info!(target: "weir::audit", account = %tenant.account_id, name = %tenant.name,
+        access_key_id = %key.access_key_id, "tenant created");
+    let mut v = tenant_json(&s, &tenant);
+    v["access_key_id"] = json!(key.access_key_id);
+    v["secret_access_key"] = json!(key.secret_access_key);
+    Ok(Json(v))
+}
+
+async fn list_tenants(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
+    authorize(&s, &headers)?;
+    let list: Vec<Value> = s
+        .auth
+        .tenants
+        .tenants()
+        .iter()
+        .map(|t| tenant_json(&s, t))
+        .collect();
+    Ok(Json(json!({ "tenants": list })))
+}
+
+fn tenant_of(
+    s: &AdminState,
+    account: &str,
+) -> std::result::Result<weir_auth::tenants::Tenant, ApiError> {
+    s.auth
+        .tenants
+        .tenant(account)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no tenant {account}")))
+}
+
+async fn describe_tenant(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+) -> ApiResult {
+    authorize(&s, &headers)?;
+    let t = tenant_of(&s, &account)?;
+    let mut v = tenant_json(&s, &t);
+    let clusters: Vec<Value> = s
+        .auth
+        .tenants
+        .clusters(&account)
+        .iter()
+        .map(|c| json!({"arn": c.arn, "name": c.name, "state": c.state.name()}))
+        .collect();
+    v["cluster_list"] = json!(clusters);
+    let root = weir_auth::tenants::root_principal(&account);
+    v["keys"] = serde_json::to_value(s.auth.store.list_keys(Some(&root))).unwrap_or_default();
+    Ok(Json(v))
+}
+
+async fn set_tenant_state(s: &AdminState, account: &str, state: TenantState) -> ApiResult {
+    tenant_of(s, account)?;
+    let t = s.auth.tenants.set_tenant_state(account, state).await?;
+    tracing::info!(target: "weir::audit", account = %account, state = ?state, "tenant state changed");
+    Ok(Json(tenant_json(s, &t)))
+}
+
+async fn suspend_tenant(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+) -> ApiResult {
+    authorize(&s, &headers)?;
+    set_tenant_state(&s, &account, TenantState::Suspended).await
+}
+
+async fn resume_tenant(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+) -> ApiResult {
+    authorize(&s, &headers)?;
+    set_tenant_state(&s, &account, TenantState::Active).await
+}
+
+async fn delete_tenant(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+) -> ApiResult {
+    authorize(&s, &headers)?;
+    tenant_of(&s, &account)?;
+    let t = s.auth.tenants.delete_tenant(&account).await?;
+    // Its keys go with it: a deleted account authenticates nowhere.
+    let prefix = format!("arn:aws:iam::{account}:");
+    for key in s.auth.store.list_keys(None) {
+        if key.principal.starts_with(&prefix) && key.status == weir_auth::store::KeyStatus::Active {
+            s.auth.store.revoke_key(&key.access_key_id).await?;
+        }
+    }
+    tracing::info!(target: "weir::audit", account = %account, "tenant deleted");
+    Ok(Json(json!({"deleted": t.account_id, "name": t.name})))
+}
+
 /// Prometheus metrics (OpenMetrics text format).
 async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&s, &headers) {
@@ -264,12 +400,14 @@ pub async fn serve_admin(
     auth: Arc<Auth>,
     token: Option<String>,
     metrics_registry: Arc<prometheus_client::registry::Registry>,
+    clusters: Option<ClusterEndpoints>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let state = AdminState {
         auth,
         token,
         metrics: metrics_registry,
+        clusters,
     };
     let app = Router::new()
         .route("/v1/keys", post(create_key).get(list_keys))
@@ -285,6 +423,20 @@ pub async fn serve_admin(
         )
         .route("/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
+        .route("/v1/tenants", post(create_tenant).get(list_tenants))
+        .route(
+            "/v1/tenants/{account}",
+            get(describe_tenant).delete(delete_tenant),
+        )
+        .route("/v1/tenants/{account}/suspend", post(suspend_tenant))
+        .route("/v1/tenants/{account}/resume", post(resume_tenant))
+        .fallback(
+            |State(s): State<AdminState>,
+             method: axum::http::Method,
+             uri: axum::http::Uri,
+             headers: HeaderMap,
+             body: axum::body::Bytes| msk::handle(s, method, uri, headers, body),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .with_state(state);
     let result = axum::serve(listener, app)

@@ -14,7 +14,9 @@
 pub mod iam;
 pub mod policy;
 pub mod scram;
+pub mod sigv4;
 pub mod store;
+pub mod tenants;
 pub use weir_rpc::tls;
 
 use std::sync::Arc;
@@ -39,6 +41,10 @@ pub enum AuthError {
     Invalid(String),
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("limit: {0}")]
+    Limit(String),
     #[error("encryption failed (wrong master key?)")]
     Crypto,
     #[error("tls: {0}")]
@@ -161,6 +167,7 @@ pub enum Resource {
 pub struct Arns {
     prefix: String,
     cluster_path: String,
+    account: String,
 }
 
 impl Arns {
@@ -168,7 +175,13 @@ impl Arns {
         Arns {
             prefix: format!("arn:aws:kafka:{region}:{account}:"),
             cluster_path: format!("{cluster_name}/{cluster_uuid}"),
+            account: account.to_string(),
         }
+    }
+
+    /// The account the cluster belongs to.
+    pub fn account(&self) -> &str {
+        &self.account
     }
 
     pub fn arn(&self, resource: &Resource) -> String {
@@ -197,6 +210,9 @@ pub struct AuthConfig {
 #[derive(Debug)]
 pub struct Auth {
     pub store: Arc<AuthStore>,
+    /// Tenants (accounts) and their serverless clusters.
+    pub tenants: Arc<tenants::TenantStore>,
+    /// The ARNs of the default cluster (tenant clusters have their own, [`tenants::ClusterRecord::arns`]).
     pub arns: Arns,
     pub config: AuthConfig,
     /// Keys the fake salts of unknown SCRAM users (so their existence is not revealed).
@@ -215,6 +231,7 @@ pub struct Principal {
 impl Auth {
     pub fn new(store: Arc<AuthStore>, arns: Arns, config: AuthConfig) -> Self {
         Auth {
+            tenants: Arc::new(tenants::TenantStore::new(store.meta())),
             store,
             arns,
             config,
@@ -224,12 +241,30 @@ impl Auth {
 
     /// Evaluates the principal's policies for `action` on `resource`.
     pub fn decide(&self, principal: &str, action: Action, resource: &Resource) -> Decision {
+        self.decide_in(&self.arns, principal, action, resource)
+    }
+
+    /// Decides `action` on `resource` of the cluster `arns` names. An account's root
+    /// principal may do everything inside its own account (as on AWS) while the account is
+    /// active; everyone else needs a policy.
+    pub fn decide_in(
+        &self,
+        arns: &Arns,
+        principal: &str,
+        action: Action,
+        resource: &Resource,
+    ) -> Decision {
+        let arn = arns.arn(resource);
+        if let Some(account) = tenants::account_of(principal) {
+            if principal == tenants::root_principal(account)
+                && arns.account() == account
+                && self.tenants.active(account)
+            {
+                return Decision::Allow;
+            }
+        }
         let policies = self.store.policies(principal);
-        policy::evaluate(
-            policies.iter().map(|p| p.as_ref()),
-            action.name(),
-            &self.arns.arn(resource),
-        )
+        policy::evaluate(policies.iter().map(|p| p.as_ref()), action.name(), &arn)
     }
 }
 

@@ -233,6 +233,11 @@ impl AuthStore {
         Ok(store)
     }
 
+    /// The metadata store the records live in.
+    pub fn meta(&self) -> Arc<dyn MetadataStore> {
+        self.meta.clone()
+    }
+
     /// Re-reads everything from the metadata store (changes made by other processes).
     pub async fn reload(&self) -> Result<(), AuthError> {
         let raw = self.read_raw().await?;

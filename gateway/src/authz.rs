@@ -35,6 +35,8 @@ pub struct Authorizer {
     pub principal: String,
     /// The access key used to log in (IAM mechanisms); None for SCRAM/PLAIN users.
     pub access_key_id: Option<String>,
+    /// The ARNs of the cluster the connection is bound to.
+    pub arns: weir_auth::Arns,
     cache: Mutex<DecisionCache>,
     /// The store version at which the credential was last found valid.
     checked: std::sync::atomic::AtomicU64,
@@ -44,12 +46,19 @@ impl Authorizer {
     pub fn new(auth: Arc<Auth>, principal: String, access_key_id: Option<String>) -> Self {
         let checked = auth.store.version();
         Authorizer {
+            arns: auth.arns.clone(),
             auth,
             principal,
             access_key_id,
             cache: Mutex::new((0, HashMap::new())),
             checked: std::sync::atomic::AtomicU64::new(checked),
         }
+    }
+
+    /// The same principal, judged against a tenant cluster's ARNs.
+    pub fn in_cluster(mut self, arns: weir_auth::Arns) -> Self {
+        self.arns = arns;
+        self
     }
 
     /// Whether the credential this connection logged in with still exists (a revoked key or
@@ -72,6 +81,16 @@ impl Authorizer {
 
     /// Whether the principal may do `action` on `resource`. Denials are audited.
     pub fn allowed(&self, request_id: &str, action: Action, resource: Resource) -> bool {
+        // Requests carry stored names (a tenant cluster's have its prefix); policies name
+        // what the client sees.
+        let resource = match resource {
+            Resource::Topic(n) => Resource::Topic(crate::namespace::split(&n).1.to_string()),
+            Resource::Group(n) => Resource::Group(crate::namespace::split(&n).1.to_string()),
+            Resource::TransactionalId(n) => {
+                Resource::TransactionalId(crate::namespace::split(&n).1.to_string())
+            }
+            Resource::Cluster => Resource::Cluster,
+        };
         let version = self.auth.store.version();
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -88,7 +107,7 @@ impl Authorizer {
         }
         let ok = self
             .auth
-            .decide(&self.principal, action, &resource)
+            .decide_in(&self.arns, &self.principal, action, &resource)
             .allowed();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.0 == version && cache.1.len() < 10_000 {
@@ -102,7 +121,7 @@ impl Authorizer {
 
     fn audit(&self, request_id: &str, action: Action, resource: &Resource) {
         tracing::warn!(target: "weir::audit", principal = %self.principal,
-            action = action.name(), resource = %self.auth.arns.arn(resource),
+            action = action.name(), resource = %self.arns.arn(resource),
             request_id, "authorization denied");
     }
 

@@ -232,8 +232,10 @@ impl TopicSettings {
     }
 }
 
-/// Kafka's topic name rules: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+/// Kafka's topic name rules: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`; a
+/// tenant cluster's stored prefix (`~<namespace>~`) is not part of the name.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    let name = crate::namespace::split(name).1;
     if name.is_empty() {
         return Err("topic name is empty".into());
     }

@@ -376,6 +376,13 @@ async fn dispatch(
         });
     }
     let rid = session.request_id(correlation_id);
+    // Stored names from here on (a tenant cluster's carry its prefix).
+    let mut request = request;
+    crate::namespace::inbound(
+        crate::namespace::Namespace::of(&session.listener),
+        &gateway.registry,
+        &mut request,
+    );
     let (request, fixup) =
         match &session.authorizer {
             Some(a) => match crate::authz::pre(gateway, a, &rid, request) {
@@ -424,6 +431,11 @@ async fn dispatch(
         if let Some(a) = &authorizer {
             fixup.apply(a, &rid, ctx.version, &mut body);
         }
+        crate::namespace::outbound(
+            crate::namespace::Namespace::of(&listener),
+            &gw.registry,
+            &mut body,
+        );
         crate::authz::advertise_listener(&listener, gw.config.node_id, ctx.version, &mut body);
         match encode_response(ctx.api_key, ctx.version, ctx.correlation_id, &body) {
             Ok(frame) => Some(frame),

@@ -30,8 +30,10 @@ pub mod key_compaction;
 pub mod lag;
 pub mod leadership;
 pub mod listener;
+pub mod namespace;
 pub mod session;
 pub mod tasks;
+pub mod tenancy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,6 +93,8 @@ pub struct GatewayConfig {
     /// The time source of what decides by time (group sessions and expiry, offset
     /// expiry, compaction ages); tests hand in a [`weir_common::clock::ManualClock`].
     pub clock: Arc<dyn weir_common::clock::Clock>,
+    /// Serve tenant clusters, one port each (None: only the default cluster).
+    pub tenancy: Option<tenancy::TenancyConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -112,6 +116,7 @@ impl Default for GatewayConfig {
             compaction: compaction::CompactionConfig::default(),
             cluster: leadership::ClusterConfig::default(),
             clock: Arc::new(weir_common::clock::SystemClock),
+            tenancy: None,
         }
     }
 }
@@ -439,6 +444,13 @@ pub async fn run(
             }
         });
     }
+    if let Some(config) = gateway.config.tenancy.clone() {
+        let (gateway, tx, shutdown) = (gateway.clone(), accepted_tx.clone(), shutdown.clone());
+        background.spawn(
+            "tenant-clusters",
+            tenancy::serve(gateway, config, tx, shutdown),
+        );
+    }
     drop(accepted_tx);
     let mut next_id: u64 = 0;
     loop {
@@ -455,7 +467,9 @@ pub async fn run(
                         }
                     };
                     let _ = socket.set_nodelay(true);
-                    connections.spawn(conn::accept(socket, peer, next_id, gateway.clone(), spec, permit, shutdown.clone()));
+                    // A tenant cluster's connections also end when the cluster is deleted.
+                    let ends = spec.cluster.as_ref().map(|c| c.closed.clone()).unwrap_or_else(|| shutdown.clone());
+                    connections.spawn(conn::accept(socket, peer, next_id, gateway.clone(), spec, permit, ends));
                 }
                 None => break,
             },

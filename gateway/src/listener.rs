@@ -130,6 +130,8 @@ pub struct Listener {
     pub advertised_port: i32,
     pub mechanisms: Vec<Mechanism>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The tenant cluster this listener serves (None: the default cluster).
+    pub cluster: Option<Arc<crate::namespace::VirtualCluster>>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -139,6 +141,7 @@ impl std::fmt::Debug for Listener {
             .field("advertised", &self.bootstrap())
             .field("mechanisms", &self.mechanisms)
             .field("tls", &self.tls.is_some())
+            .field("cluster", &self.cluster.as_ref().map(|c| &c.arn))
             .finish()
     }
 }

@@ -78,6 +78,11 @@ impl Session {
         if !authorizer.credential_valid() {
             return Err("the credential of this session was revoked");
         }
+        if let Some(cluster) = &self.listener.cluster {
+            if !authorizer.auth.tenants.active(&cluster.account_id) {
+                return Err("the account was suspended");
+            }
+        }
         if self.expires_at.is_some_and(|t| SystemTime::now() > t) {
             return Err("SASL session expired without re-authentication");
         }
@@ -190,11 +195,31 @@ impl Session {
                         );
                     }
                 }
-                let authorizer = Arc::new(Authorizer::new(
+                let mut authorizer = Authorizer::new(
                     auth.clone(),
                     principal.name.clone(),
                     principal.access_key_id.clone(),
-                ));
+                );
+                if let Some(cluster) = &self.listener.cluster {
+                    // A tenant cluster admits only its own account's principals, while the
+                    // account is active.
+                    let account = weir_auth::tenants::account_of(&principal.name);
+                    if account != Some(cluster.account_id.as_str()) {
+                        return fail(
+                            self,
+                            &format!(
+                                "{} is not a principal of this cluster's account",
+                                principal.name
+                            ),
+                            Some(mechanism),
+                        );
+                    }
+                    if !auth.tenants.active(&cluster.account_id) {
+                        return fail(self, "the account is suspended", Some(mechanism));
+                    }
+                    authorizer = authorizer.in_cluster(cluster.arns.clone());
+                }
+                let authorizer = Arc::new(authorizer);
                 if !authorizer.allowed(&rid, Action::Connect, Resource::Cluster) {
                     return fail(
                         self,

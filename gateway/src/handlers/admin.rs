@@ -259,7 +259,7 @@ pub async fn delete_topics(
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-async fn delete_topic(gw: &Gateway, topic: &Topic) -> Result<(), (i16, String)> {
+pub async fn delete_topic(gw: &Gateway, topic: &Topic) -> Result<(), (i16, String)> {
     let _admin = gw.admin.lock().await;
     let (_, dead) = gw
         .meta

@@ -97,6 +97,7 @@ impl TestGateway {
             advertised_port: port,
             mechanisms: Vec::new(),
             tls: None,
+            cluster: None,
         });
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(weir_gateway::run(
