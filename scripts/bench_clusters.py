@@ -323,49 +323,74 @@ def main() -> int:
         time.sleep(min(5.0, args.idle_seconds))
         base = sample_idle(server, args.idle_seconds)
 
-        status, tenant = http_json("POST", server.admin_url + "/v1/tenants",
-                                   {"name": f"bench-{os.getpid()}"})
-        if status not in (200, 201) or not isinstance(tenant, dict):
-            raise BenchError(f"POST /v1/tenants answered {status}: {tenant}")
-        log(f"tenant {tenant['account_id']}; creating {args.clusters} clusters")
-        msk = msk_client(server, tenant)
+        # A tenant may hold a limited number of clusters (the server's per-account limit):
+        # when CreateClusterV2 answers TooManyRequestsException, the next tenant takes over.
+        tenants: list[dict] = []
 
+        def new_tenant() -> tuple[dict, object]:
+            status, tenant = http_json("POST", server.admin_url + "/v1/tenants",
+                                       {"name": f"bench-{os.getpid()}-{len(tenants)}"})
+            if status not in (200, 201) or not isinstance(tenant, dict):
+                raise BenchError(f"POST /v1/tenants answered {status}: {tenant}")
+            tenants.append(tenant)
+            return tenant, msk_client(server, tenant)
+
+        from botocore.exceptions import ClientError
+        tenant, msk = new_tenant()
+        log(f"tenant {tenant['account_id']}; creating {args.clusters} clusters")
         create_s: list[float] = []
-        clusters: list[tuple[str, str]] = []  # (arn, bootstrap)
+        clusters: list[tuple[str, str, dict]] = []  # (arn, bootstrap, tenant)
+        in_tenant = 0
         t_all = time.monotonic()
         for i in range(args.clusters):
-            arn, took = create_one(msk, f"bench-{i:05d}")
+            try:
+                arn, took = create_one(msk, f"bench-{i:05d}")
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") != "TooManyRequestsException" \
+                        or in_tenant == 0:
+                    raise
+                tenant, msk = new_tenant()
+                log(f"  tenant limit after {in_tenant} clusters "
+                    f"({e.response['Error'].get('Message')}); tenant {tenant['account_id']}")
+                in_tenant = 0
+                arn, took = create_one(msk, f"bench-{i:05d}")
+            in_tenant += 1
             create_s.append(took)
             boot = msk.get_bootstrap_brokers(ClusterArn=arn)["BootstrapBrokerStringSaslIam"]
-            clusters.append((arn, boot))
+            clusters.append((arn, boot, tenant))
             if (i + 1) % max(1, args.clusters // 10) == 0:
                 log(f"  {i + 1} clusters, last took {took * 1e3:.1f} ms")
         create_total = time.monotonic() - t_all
         listed = 0
-        token = None
-        while True:
-            page = msk.list_clusters_v2(**({"NextToken": token} if token else {}))
-            listed += len(page["ClusterInfoList"])
-            token = page.get("NextToken")
-            if not token:
-                break
+        for tenant in tenants:
+            m, token = msk_client(server, tenant), None
+            while True:
+                page = m.list_clusters_v2(**({"NextToken": token} if token else {}))
+                listed += len(page["ClusterInfoList"])
+                token = page.get("NextToken")
+                if not token:
+                    break
         if listed != args.clusters:
             raise BenchError(f"ListClustersV2 lists {listed} clusters, not {args.clusters}")
-        if len({b for _, b in clusters}) != args.clusters:
+        if len({b for _, b, _ in clusters}) != args.clusters:
             raise BenchError("two clusters share a bootstrap address")
 
         log(f"creating a topic of {args.partitions} partitions in each cluster "
             f"({args.topic_concurrency} at a time)")
-        tokens = SignerTokens(tenant)
+        tokens = {t["account_id"]: SignerTokens(t) for t in tenants}
         topic_s: list[float] = []
         t_topics = time.monotonic()
-        with ThreadPoolExecutor(max_workers=args.topic_concurrency) as pool:
-            futs = [pool.submit(create_topic, boot, server.ca, tokens, "bench", args.partitions)
-                    for _, boot in clusters]
+        pool = ThreadPoolExecutor(max_workers=args.topic_concurrency)
+        try:
+            futs = [pool.submit(create_topic, boot, server.ca, tokens[t["account_id"]], "bench",
+                                args.partitions)
+                    for _, boot, t in clusters]
             for n, f in enumerate(as_completed(futs), 1):
                 topic_s.append(f.result())
                 if n % max(1, args.clusters // 10) == 0:
                     log(f"  {n} topics")
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # on a failure: no new topics
         topics_total = time.monotonic() - t_topics
         server.check_alive()
 
@@ -391,7 +416,8 @@ def main() -> int:
         print(f"{'(ms)':<34}{'mean':>9}{'p50':>9}{'p99':>9}{'max':>9}")
         print(ms_row("create_cluster_v2 -> ACTIVE", create_s))
         print(ms_row(f"create topic ({args.partitions} partitions)", topic_s))
-        print(f"all clusters: {create_total:.1f}s; all topics: {topics_total:.1f}s")
+        print(f"all clusters: {create_total:.1f}s ({len(tenants)} tenant(s)); "
+              f"all topics: {topics_total:.1f}s")
         ok = True
     except BenchError as e:
         print(f"bench_clusters: {e}", file=sys.stderr)

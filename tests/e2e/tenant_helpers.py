@@ -33,7 +33,7 @@ from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcept
 from confluent_kafka.admin import NewTopic
 
 from auth_helpers import (REGION, AuthServer, ErrorLog, _port_open, admin_client, base_conf,
-                          signer_oauth, signer_token, wait_topic_visible)
+                          signer_oauth, signer_token)
 from conftest import weir_bin
 
 ACCOUNT_RE = re.compile(r"^\d{12}$")
@@ -250,11 +250,19 @@ class TenantCluster:
     ca: str
     info: dict = field(default_factory=dict)
 
+    confs: dict = field(default_factory=dict, repr=False)
+
     def conf(self, key: dict | None = None, errors: ErrorLog | None = None) -> dict:
         """confluent-kafka: SASL_SSL + OAUTHBEARER with the MSK signer's token for `key`
-        (the cluster owner's root key unless given)."""
+        (the cluster owner's root key unless given). Without `errors`, the same dict (and
+        token callback) for the same key, so `cluster_admin` can reuse its AdminClient."""
+        key = key or self.key
+        if errors is None and key["access_key_id"] in self.confs:
+            return self.confs[key["access_key_id"]]
         c = base_conf(self.bootstrap, "SASL_SSL", self.ca, errors)
-        c.update({"sasl.mechanism": "OAUTHBEARER", "oauth_cb": signer_oauth(key or self.key)})
+        c.update({"sasl.mechanism": "OAUTHBEARER", "oauth_cb": signer_oauth(key)})
+        if errors is None:
+            self.confs[key["access_key_id"]] = c
         return c
 
     def kp_conf(self, mechanism: str, key: dict | None = None, **extra) -> dict:
@@ -298,18 +306,45 @@ def new_cluster(server: AuthServer, key: dict, name: str, msk=None) -> TenantClu
 
 
 # -- Kafka helpers over IAM ------------------------------------------------------------------
+# A confluent-kafka client with an oauth_cb spends a second in its constructor, so the
+# AdminClients of these tests are kept per (bootstrap, token callback) until `forget_admins`.
+_ADMINS: dict[tuple, tuple] = {}
+
+
+def cluster_admin(conf: dict):
+    cb = conf.get("oauth_cb")
+    k = (conf["bootstrap.servers"], id(cb))
+    hit = _ADMINS.get(k)
+    if hit is None:
+        hit = _ADMINS[k] = (admin_client(conf), cb)  # cb kept: its id stays unique
+    return hit[0]
+
+
+def forget_admins() -> None:
+    _ADMINS.clear()
+
+
 def create_topics(conf: dict, names: list[str], partitions: int = 1, timeout: float = 20) -> None:
-    adm = admin_client(conf)  # kept referenced: a collected handle fails its futures
+    adm = cluster_admin(conf)
     fs = adm.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1)
                             for n in names], operation_timeout=timeout, request_timeout=timeout)
     for n in names:
         fs[n].result(timeout=timeout)
+    deadline = time.monotonic() + 15
     for n in names:
-        wait_topic_visible(conf, n)
+        while True:
+            t = adm.list_topics(topic=n, timeout=10).topics.get(n)
+            if t is not None and t.error is None and len(t.partitions) == partitions and all(
+                    p.leader >= 0 for p in t.partitions.values()):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {n} not visible with {partitions} partitions: "
+                                     f"{t!r} {getattr(t, 'error', None)}")
+            time.sleep(0.1)
 
 
 def metadata(conf: dict, timeout: float = 10):
-    return admin_client(conf).list_topics(timeout=timeout)
+    return cluster_admin(conf).list_topics(timeout=timeout)
 
 
 def topic_names(conf: dict) -> set[str]:

@@ -38,7 +38,8 @@ from confluent_kafka.admin import ConfigResource, ResourceType
 from auth_helpers import (expect_auth_failure, kp_expect_auth_failure, kp_produce_consume,
                           uid)
 from helpers import create_topic, produce_values
-from tenant_helpers import (ACCOUNT_RE, TenantCli, TenantServer, aws_env, cluster_arn_re,
+from tenant_helpers import (ACCOUNT_RE, TenantCli, TenantServer, aws_env, cluster_admin,
+                            cluster_arn_re, forget_admins,
                             committed_offsets, consume_group, create_cluster, create_topics,
                             error_code, metadata, msk_client, new_cluster, produce_spread,
                             read_partition, topic_names, wait_active, wait_gone, wait_port)
@@ -65,6 +66,7 @@ def svc():
     # 40 ports: every test here creates a few clusters on this server
     server = _start("module", span=40)
     yield server
+    forget_admins()
     _stop(server)
 
 
@@ -80,6 +82,7 @@ def own_server(request):
 
     yield make
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    forget_admins()
     for s in servers:
         _stop(s, failed)
 
@@ -516,15 +519,13 @@ def test_kafka_python_on_a_tenant_cluster(svc, mechanism, monkeypatch, tmp_path,
 
 # -- isolation ----------------------------------------------------------------------------------
 def _groups(conf: dict) -> set[str]:
-    from auth_helpers import admin_client
-    adm = admin_client(conf)
+    adm = cluster_admin(conf)
     res = adm.list_consumer_groups(request_timeout=10).result(timeout=15)
     return {g.group_id for g in res.valid}
 
 
 @pytest.mark.timeout(90)
 def test_cluster_isolation(svc):
-    from auth_helpers import admin_client
     a, b = svc.create_tenant(tenant_name("iso-a")), svc.create_tenant(tenant_name("iso-b"))
     a1 = new_cluster(svc, a, "iso")
     a2 = new_cluster(svc, a, "iso-second")  # the same account, another cluster
@@ -554,7 +555,7 @@ def test_cluster_isolation(svc):
     assert {shared, b_only} <= tb1 and not {a_only, d_only} & tb1, tb1
     assert not {shared, a_only, b_only, d_only} & ta2, ta2
     assert {shared, d_only} <= td and not {a_only, b_only} & td, td
-    adm_b = admin_client(b1.conf())
+    adm_b = cluster_admin(b1.conf())
     t = adm_b.list_topics(topic=a_only, timeout=10).topics.get(a_only)
     assert t is None or (t.error is not None and t.error.code() == UNKNOWN_TOPIC
                          and not t.partitions), (t, getattr(t, "error", None))
@@ -567,7 +568,7 @@ def test_cluster_isolation(svc):
         assert md.brokers and all((br.host, br.port) == ("127.0.0.1", c.port)
                                   for br in md.brokers.values()), (
             name, [(br.host, br.port) for br in md.brokers.values()], c.port)
-        adm = admin_client(c.conf())
+        adm = cluster_admin(c.conf())
         desc = adm.describe_cluster(request_timeout=10).result(timeout=15)
         assert desc.cluster_id == md.cluster_id, (desc.cluster_id, md.cluster_id)
         assert all(n.port == c.port for n in desc.nodes), [(n.host, n.port) for n in desc.nodes]
@@ -592,7 +593,7 @@ def test_cluster_isolation(svc):
 
     # DescribeConfigs of a topic of the other cluster: unknown
     res = ConfigResource(ResourceType.TOPIC, a_only)
-    adm_a = admin_client(a1.conf())
+    adm_a = cluster_admin(a1.conf())
     assert adm_a.describe_configs([res], request_timeout=10)[res].result(timeout=15)
     fs = adm_b.describe_configs([res], request_timeout=10)
     with pytest.raises(KafkaException) as ei:
