@@ -125,7 +125,8 @@ log "end-to-end tests against $WEIR_BIN"
 
 # The AWS pass repeats what the backends decide: the log (produce, fetch, offsets by time,
 # kill -9), group offsets, producer state, compaction and retention switches, objects and
-# their caches, leadership and placements, and credential records. What only the gateway
+# their caches, leadership and placements, credential records, and tenant and cluster
+# records (a tenant cluster's life, its log, its groups and its kill -9). What only the gateway
 # decides (the wire guard, bad input, SASL mechanisms, connection limits, compression
 # codecs, the infra files, the memory budget, the CLI) ran above and is not run twice;
 # test_metadata.py and test_storage_nodes.py start their own DynamoDB and node shapes.
@@ -135,7 +136,11 @@ WEIR_E2E_METADATA=dynamodb WEIR_E2E_OBJECT_STORE=s3 "$VENV/bin/python" -m pytest
   tests/e2e/test_produce_consume.py tests/e2e/test_groups.py tests/e2e/test_idempotence.py \
   tests/e2e/test_durability.py tests/e2e/test_list_offsets.py tests/e2e/test_compaction.py \
   tests/e2e/test_retention.py tests/e2e/test_storage.py tests/e2e/test_scaling.py \
-  tests/e2e/test_admin.py </dev/null
+  tests/e2e/test_admin.py \
+  tests/e2e/test_tenants.py::test_control_plane_two_tenants \
+  tests/e2e/test_tenants.py::test_confluent_idempotent_produce_and_group_consume \
+  tests/e2e/test_tenants.py::test_delete_cluster_removes_topics_and_closes_the_port \
+  tests/e2e/test_tenants.py::test_kill9_restart_keeps_tenant_cluster </dev/null
 
 log "produce/consume/group/idempotence/durability/scaling end-to-end tests again, through a 'weir storage' node and a 'weir metadata' service over QUIC"
 # shellcheck disable=SC2086
