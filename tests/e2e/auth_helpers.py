@@ -595,15 +595,19 @@ def admin_client(conf: dict) -> AdminClient:
     return AdminClient({k: v for k, v in conf.items() if k != "message.timeout.ms"})
 
 
-def wait_topic_visible(conf: dict, topic: str, timeout: float = 15) -> None:
-    a = admin_client(conf)
+def wait_topic_visible(conf: dict, topic: str, timeout: float = 15, admin=None,
+                       partitions: int | None = None) -> None:
+    """Waits until `topic` has leaders for all its partitions (`partitions` of them when
+    given), asking through `admin` (a new AdminClient for `conf` unless given)."""
+    a = admin or admin_client(conf)
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         t = a.list_topics(topic=topic, timeout=10).topics.get(topic)
         last = t
         if t is not None and t.error is None and t.partitions and all(
-                p.leader >= 0 for p in t.partitions.values()):
+                p.leader >= 0 for p in t.partitions.values()) and (
+                partitions is None or len(t.partitions) == partitions):
             return
         time.sleep(0.1)
     raise AssertionError(f"topic {topic} not visible to the client: {last!r} "

@@ -33,7 +33,7 @@ from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcept
 from confluent_kafka.admin import NewTopic
 
 from auth_helpers import (REGION, AuthServer, ErrorLog, _port_open, admin_client, base_conf,
-                          signer_oauth, signer_token)
+                          signer_oauth, signer_token, wait_topic_visible)
 from conftest import weir_bin
 
 ACCOUNT_RE = re.compile(r"^\d{12}$")
@@ -330,17 +330,8 @@ def create_topics(conf: dict, names: list[str], partitions: int = 1, timeout: fl
                             for n in names], operation_timeout=timeout, request_timeout=timeout)
     for n in names:
         fs[n].result(timeout=timeout)
-    deadline = time.monotonic() + 15
     for n in names:
-        while True:
-            t = adm.list_topics(topic=n, timeout=10).topics.get(n)
-            if t is not None and t.error is None and len(t.partitions) == partitions and all(
-                    p.leader >= 0 for p in t.partitions.values()):
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"topic {n} not visible with {partitions} partitions: "
-                                     f"{t!r} {getattr(t, 'error', None)}")
-            time.sleep(0.1)
+        wait_topic_visible(conf, n, admin=adm, partitions=partitions)
 
 
 def metadata(conf: dict, timeout: float = 10):
